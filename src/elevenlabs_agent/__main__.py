@@ -1,0 +1,3 @@
+from elevenlabs_agent.cli import main
+
+main()

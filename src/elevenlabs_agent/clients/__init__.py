@@ -1,0 +1,1 @@
+"""Outbound clients: cursor-runner and ElevenLabs."""

@@ -1,0 +1,67 @@
+"""ElevenLabs: signed conversation URLs (through the official SDK) and contextual-update pushes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import websockets
+from elevenlabs.client import AsyncElevenLabs
+from elevenlabs.core.api_error import ApiError
+
+SIGNED_URL_VALIDITY = timedelta(minutes=15)
+
+
+class UpstreamError(Exception):
+    """ElevenLabs answered badly or not at all; `status` is its HTTP status if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    url: str
+    expires_at: datetime
+
+
+class ElevenLabsClient:
+    def __init__(self, api_url: str, api_key: str, timeout: float) -> None:
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        self._sdk = AsyncElevenLabs(api_key=api_key, base_url=api_url.rstrip("/"), httpx_client=self._http)
+        self.timeout = timeout
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def signed_url(self, agent_id: str) -> SignedUrl:
+        issued = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self._sdk.conversational_ai.conversations.get_signed_url(agent_id=agent_id)
+        except ApiError as exc:
+            raise UpstreamError(f"ElevenLabs answered HTTP {exc.status_code}", exc.status_code) from None
+        except TimeoutError:
+            raise UpstreamError("ElevenLabs did not answer in time") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise UpstreamError(f"ElevenLabs request failed ({type(exc).__name__})") from None
+        if not reply.signed_url:
+            raise UpstreamError("ElevenLabs returned no signed_url", 200)
+        return SignedUrl(reply.signed_url, issued + SIGNED_URL_VALIDITY)
+
+
+async def push_contextual_update(push_url: str, text: str, context_id: str, timeout: float) -> None:
+    """Send one `contextual_update` frame to a server-side bridge socket.
+
+    Raises on any failure. Success means the frame was written and the close handshake completed,
+    i.e. the peer read past our frame.
+    """
+    frame = orjson.dumps({"type": "contextual_update", "text": text, "context_id": context_id}).decode()
+    async with asyncio.timeout(timeout), websockets.connect(
+        push_url, open_timeout=timeout, close_timeout=timeout, max_size=2**20
+    ) as ws:
+        await ws.send(frame)

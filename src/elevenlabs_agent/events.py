@@ -1,0 +1,51 @@
+"""Log event names: a public interface. The runbook, alerts and dashboards match on these strings,
+so rename one only together with them (tests check the runbook names only names defined here)."""
+
+from typing import Final
+
+# lifecycle
+SERVICE_STARTING: Final = "service.starting"
+SERVICE_STARTED: Final = "service.started"
+SERVICE_STOPPING: Final = "service.stopping"
+SERVICE_STOPPED: Final = "service.stopped"
+EMBEDDED_REDIS_STARTED: Final = "redis.embedded_started"
+EMBEDDED_REDIS_STOPPED: Final = "redis.embedded_stopped"
+
+# http
+HTTP_REQUEST: Final = "http.request"
+HTTP_BAD_REQUEST: Final = "http.bad_request"
+HTTP_UNHANDLED_ERROR: Final = "http.unhandled_error"
+REDIS_UNAVAILABLE: Final = "redis.unavailable"
+
+# tool webhook (ElevenLabs -> us)
+WEBHOOK_UNAUTHORIZED: Final = "webhook.unauthorized"
+WEBHOOK_NOT_CONFIGURED: Final = "webhook.not_configured"
+WEBHOOK_RECEIVED: Final = "webhook.received"
+WEBHOOK_CONVERSATION_UNMAPPED: Final = "webhook.conversation_unmapped"
+TASK_CREATED: Final = "task.created"
+TASK_STATUS_QUERIED: Final = "task.status_queried"
+
+# dispatch (us -> cursor-runner)
+DISPATCH_SUCCEEDED: Final = "dispatch.succeeded"
+DISPATCH_FAILED: Final = "dispatch.failed"
+
+# callback (cursor-runner -> us)
+CALLBACK_ACCEPTED: Final = "callback.accepted"
+CALLBACK_DUPLICATE: Final = "callback.duplicate"
+CALLBACK_UNKNOWN_TASK: Final = "callback.unknown_task"
+CALLBACK_UNAUTHORIZED: Final = "callback.unauthorized"
+CALLBACK_TASK_FAILED: Final = "callback.task_failed"
+
+# delivery (us -> the live conversation)
+SESSION_REGISTERED: Final = "session.registered"
+SESSION_MISSING: Final = "delivery.no_session"
+DELIVERY_PUSHED: Final = "delivery.pushed"
+DELIVERY_PUSH_FAILED: Final = "delivery.push_failed"
+DELIVERY_ACKNOWLEDGED: Final = "delivery.acknowledged"
+DELIVERY_REPLAYED: Final = "delivery.replayed"
+SSE_CONNECTED: Final = "sse.connected"
+SSE_DISCONNECTED: Final = "sse.disconnected"
+
+# signed url (us -> ElevenLabs)
+SIGNED_URL_ISSUED: Final = "signed_url.issued"
+SIGNED_URL_FAILED: Final = "signed_url.failed"

@@ -1,0 +1,1 @@
+"""HTTP layer: routes parse and authenticate requests, call services, render JSON."""

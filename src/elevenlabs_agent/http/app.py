@@ -1,0 +1,56 @@
+"""The ASGI application: routes, middleware, error handlers and the runtime's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from elevenlabs_agent import events
+from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
+from elevenlabs_agent.http.middleware import FeatureFlagMiddleware, ObservabilityMiddleware
+from elevenlabs_agent.http.routes import ROUTES
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.runtime import Runtime
+from elevenlabs_agent.settings import Settings
+
+log = get_logger()
+
+
+def create_app(settings: Settings, redis_url: str) -> Starlette:
+    runtime = Runtime.build(settings, redis_url)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info(events.SERVICE_STARTED, enabled=settings.elevenlabs_agent_enabled,
+                 webhookConfigured=settings.webhook_configured)
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
+            finished = await runtime.delivery.drain(settings.shutdown_timeout_seconds)
+            await runtime.close()
+            log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(ObservabilityMiddleware),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allow_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Content-Type", "Last-Event-ID", "X-Request-Id"],
+                allow_credentials=False,
+            ),
+            Middleware(FeatureFlagMiddleware, enabled=settings.elevenlabs_agent_enabled),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

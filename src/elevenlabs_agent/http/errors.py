@@ -1,0 +1,105 @@
+"""JSON error responses and request-body reading: a client never sees a 500 page or a stack trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from elevenlabs_agent import events
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.services import errors
+
+log = get_logger()
+
+STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
+    errors.InvalidInput: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Unavailable: 503,
+    errors.UpstreamFailed: 502,
+}
+STORAGE_DOWN = "The service's storage is unavailable right now. Please try again shortly."
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"success": False, "error": message, **extra}, status_code=status)
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as parsed JSON, enforcing content type (415), size (413) and syntax (400)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise BodyError(415, "Content-Type must be application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyError(413, f"body is larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyError(413, f"body is larger than {max_bytes} bytes")
+    if not body.strip():
+        raise BodyError(400, "body is empty; a JSON object is required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BodyError(400, "body is not valid JSON") from None
+
+
+async def handle_body_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyError)
+    log.info(events.HTTP_BAD_REQUEST, path=request.url.path, status=exc.status, error=exc.message)
+    return error_response(exc.status, exc.message)
+
+
+async def handle_service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.ServiceError)
+    status = next(code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls))
+    if status == 400:
+        log.info(events.HTTP_BAD_REQUEST, path=request.url.path, status=status, error=exc.message)
+    return error_response(status, exc.message, **exc.extra)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "route not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, message)
+
+
+async def handle_redis_error(request: Request, exc: Exception) -> Response:
+    log.error(events.REDIS_UNAVAILABLE, path=request.url.path, error=type(exc).__name__)
+    return error_response(503, "storage (Redis) is unavailable", message=STORAGE_DOWN)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.error(events.HTTP_UNHANDLED_ERROR, path=request.url.path, exc_info=exc)
+    return error_response(500, "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    BodyError: handle_body_error,
+    errors.ServiceError: handle_service_error,
+    HTTPException: handle_http_exception,
+    RedisError: handle_redis_error,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,71 @@
+"""Structured logging: JSON lines via structlog, with secrets redacted before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"secret|token|api[_-]?key|authorization|password|signature", re.I)
+_URL_QUERY = re.compile(r"(\b(?:https?|wss?)://[^\s?\"']+)\?[^\s\"']*")
+REDACTED = "[REDACTED]"
+
+
+class Redactor:
+    """Scrubs configured secret values, secret-looking keys and URL query strings (signed URLs and
+    callback URLs carry credentials there) from every event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return _URL_QUERY.sub(r"\1?" + REDACTED, value)
+        if isinstance(value, dict):
+            return {k: REDACTED if _SECRET_KEY.search(str(k)) else self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for k, v in list(event.items()):
+            event[k] = REDACTED if _SECRET_KEY.search(k) else self.scrub(v)
+        return event
+
+
+def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Configure structlog (and route stdlib logging through the same JSON output)."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        Redactor(secrets),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.JSONRenderer()],
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("elevenlabs_agent")

@@ -1,0 +1,107 @@
+"""Everything one service instance holds: connections, stores, clients and services, wired once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
+from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient
+from elevenlabs_agent.services.callbacks import CallbackService
+from elevenlabs_agent.services.conversations import ConversationService
+from elevenlabs_agent.services.delivery import DeliveryService
+from elevenlabs_agent.services.signed_urls import SignedUrlService
+from elevenlabs_agent.services.tools import ToolService
+from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.stores.aliases import AliasStore
+from elevenlabs_agent.stores.conversations import ConversationStore
+from elevenlabs_agent.stores.outbox import Outbox
+from elevenlabs_agent.stores.sessions import SessionStore
+from elevenlabs_agent.stores.tasks import TaskStore
+
+
+def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
+    """A Redis client. Every write the service makes is idempotent, so redis-py's retries are safe."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        # A blocking XREAD legitimately waits longer than any command timeout.
+        socket_timeout=None if blocking else timeout,
+        health_check_interval=15,
+        max_connections=10_000 if blocking else 512,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    blocking_redis: Redis
+    cursor_runner: CursorRunnerClient
+    elevenlabs: ElevenLabsClient | None
+    tasks: TaskStore
+    outbox: Outbox
+    delivery: DeliveryService
+    tools: ToolService
+    callbacks: CallbackService
+    conversations: ConversationService
+    signed_urls: SignedUrlService
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, settings: Settings, redis_url: str) -> Runtime:
+        s = settings
+        redis = connect_redis(redis_url, s.redis_timeout_seconds)
+        blocking_redis = connect_redis(redis_url, s.redis_timeout_seconds, blocking=True)
+        runner_secret = s.cursor_runner_secret.get_secret_value() if s.cursor_runner_secret else None
+        cursor_runner = CursorRunnerClient(s.cursor_runner_url, runner_secret, s.dispatch_timeout_seconds)
+        api_key = s.elevenlabs_api_key.get_secret_value() if s.elevenlabs_api_key else ""
+        elevenlabs = ElevenLabsClient(s.elevenlabs_api_url, api_key, s.upstream_timeout_seconds) if api_key else None
+
+        tasks = TaskStore(redis, s.task_ttl_seconds)
+        sessions = SessionStore(redis, s.session_ttl_seconds)
+        aliases = AliasStore(redis, s.alias_ttl_seconds)
+        conversations = ConversationStore(redis, s.max_messages_per_conversation)
+        outbox = Outbox(redis, blocking_redis, s.outbox_ttl_seconds, s.outbox_stream_maxlen)
+        delivery = DeliveryService(outbox, sessions, tasks, s.push_timeout_seconds, s.sse_keepalive_seconds)
+        shared = None
+        if s.callback_accept_webhook_secret and s.webhook_secret is not None:
+            shared = s.webhook_secret.get_secret_value() or None
+        return cls(
+            settings=s,
+            redis=redis,
+            blocking_redis=blocking_redis,
+            cursor_runner=cursor_runner,
+            elevenlabs=elevenlabs,
+            tasks=tasks,
+            outbox=outbox,
+            delivery=delivery,
+            tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
+            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
+            conversations=ConversationService(conversations, sessions, aliases, outbox, delivery,
+                                              s.session_url_hosts),
+            signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
+        )
+
+    async def redis_ping(self, timeout: float = 1.0) -> tuple[bool, float]:
+        """(answered, latency in ms), bounded by `timeout` whatever redis-py's retries would do."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError):
+            return False, (time.perf_counter() - started) * 1000
+        return True, (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        await self.cursor_runner.aclose()
+        if self.elevenlabs is not None:
+            await self.elevenlabs.aclose()
+        await self.blocking_redis.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,83 @@
+"""`elevenlabs-agent serve`: uvicorn with drain-on-SIGTERM and the embedded Redis default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from elevenlabs_agent import events
+from elevenlabs_agent.http.app import create_app
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.runtime import Runtime
+from elevenlabs_agent.settings import Settings
+
+log = get_logger()
+
+
+class DrainingServer(uvicorn.Server):
+    """First SIGTERM/SIGINT: readiness turns 503 at once, requests are still served for the drain
+    period (so a load balancer can take us out), then uvicorn's graceful shutdown runs. A second
+    signal exits at once. Exit status is 0 either way (uvicorn would re-raise the signal)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.drain_seconds = drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.runtime.draining or self._loop is None:
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self.runtime.draining = True
+        log.info(events.SERVICE_STOPPING, signal=sig, drainSeconds=self.drain_seconds)
+        self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._finish)
+
+    def _finish(self) -> None:
+        self.should_exit = True
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[str]:
+    """The configured Redis URL, or an embedded redis-server (AOF on, data under a local directory)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    server = RedisServer(Path(settings.embedded_redis_dir).resolve() / "redis")
+    server.start()
+    log.info(events.EMBEDDED_REDIS_STARTED, port=server.port, directory=str(server.directory))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        log.info(events.EMBEDDED_REDIS_STOPPED)
+
+
+def run(settings: Settings) -> None:
+    log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port)
+    with redis_for(settings) as redis_url:
+        app = create_app(settings, redis_url)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="auto",
+            http="auto",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            proxy_headers=True,
+        )
+        server = DrainingServer(config, app.state.runtime, settings.drain_seconds)
+        server.run()

@@ -1,0 +1,1 @@
+"""Flow logic: what happens on a tool call, a callback, a registration; no HTTP, no key names."""

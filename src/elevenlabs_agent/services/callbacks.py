@@ -1,0 +1,135 @@
+"""cursor-runner's completion callback: authenticate, persist, acknowledge, then deliver.
+
+cursor-runner sends each callback once and never retries, so everything needed to deliver the
+result later is written before we answer 200, and nothing slow happens before that answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from elevenlabs_agent import events, metrics
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.services import speech
+from elevenlabs_agent.services.delivery import DeliveryService
+from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
+from elevenlabs_agent.stores.conversations import ConversationStore
+from elevenlabs_agent.stores.ids import is_valid_id
+from elevenlabs_agent.stores.outbox import Outbox
+from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.timeutil import now_iso
+
+# Fields of cursor-runner's body worth keeping; anything else it may add is ignored.
+_RESULT_FIELDS = ("success", "exitCode", "output", "error", "duration", "repository", "branchName",
+                  "command", "timestamp")
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class CallbackBody:
+    request_id: str
+    failed: bool
+    result: dict[str, Any]
+
+    @classmethod
+    def parse(cls, body: Any) -> CallbackBody:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        request_id = body.get("requestId")
+        if not is_valid_id(request_id):
+            raise InvalidInput("requestId must be 1-128 characters of letters, digits, '_', '.', '-'")
+        success = body.get("success")
+        if not isinstance(success, bool):
+            raise InvalidInput("success must be a boolean")
+        exit_code = body.get("exitCode")
+        if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
+            raise InvalidInput("exitCode must be an integer or null")
+        for name in ("output", "error", "duration", "repository", "branchName", "timestamp"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise InvalidInput(f"{name} must be a string or null")
+        # cursor-runner reports success:true even when the command exited non-zero.
+        failed = not success or (exit_code is not None and exit_code != 0)
+        result = {k: body[k] for k in _RESULT_FIELDS if k in body}
+        return cls(str(request_id), failed, result)
+
+
+class CallbackService:
+    def __init__(self, tasks: TaskStore, conversations: ConversationStore, outbox: Outbox,
+                 delivery: DeliveryService, shared_secret: str | None) -> None:
+        self.tasks = tasks
+        self.conversations = conversations
+        self.outbox = outbox
+        self.delivery = delivery
+        self.shared_secret = shared_secret
+
+    async def handle(self, callback: CallbackBody, secret: str | None) -> dict[str, Any]:
+        task_id = callback.request_id
+        if not secret:
+            return self._unauthorized(task_id, "missing secret")
+        shared_ok = self.shared_secret is not None and hmac.compare_digest(
+            secret.encode(), self.shared_secret.encode()
+        )
+        status = "failed" if callback.failed else "completed"
+        summary = speech.result_summary(callback.failed, callback.result)
+        now = now_iso()
+        done = await self.tasks.complete(
+            task_id,
+            token_hash=hash_token(secret),
+            shared_secret_ok=shared_ok,
+            status=status,
+            result=callback.result,
+            summary=summary,
+            now=now,
+        )
+        if done.outcome == "unauthorized":
+            return self._unauthorized(task_id, "wrong secret")
+        if done.outcome == "unknown":
+            log.warning(events.CALLBACK_UNKNOWN_TASK, taskId=task_id)
+            metrics.CALLBACKS.labels("unknown_task").inc()
+            return {"success": True, "requestId": task_id, "note": "unknown or expired task; nothing stored"}
+        if done.outcome == "duplicate":
+            log.info(events.CALLBACK_DUPLICATE, taskId=task_id, status=done.previous_status)
+            metrics.CALLBACKS.labels("duplicate").inc()
+            return {"success": True, "requestId": task_id, "duplicate": True, "status": done.previous_status}
+
+        conversation_id = done.conversation_id
+        message = {
+            "role": "tool",
+            "content": summary,
+            "timestamp": now,
+            "source": "tool_output",
+            "toolName": done.tool_name,
+            "toolArgs": done.tool_args,
+            "toolOutput": callback.result.get("output") or callback.result.get("error"),
+            "status": status,
+            "taskId": task_id,
+        }
+        event = {
+            "type": "task_update",
+            "taskId": task_id,
+            "conversationId": conversation_id,
+            "status": status,
+            "text": speech.update_text(task_id, summary),
+            "completedAt": now,
+        }
+        async with self.tasks.redis.pipeline(transaction=False) as pipe:
+            await self.conversations.queue_upsert_message(
+                pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
+            )
+            await self.outbox.queue_publish(pipe, conversation_id, task_id, event)
+            await pipe.execute()
+        if callback.failed:
+            log.info(events.CALLBACK_TASK_FAILED, taskId=task_id, conversationId=conversation_id,
+                     exitCode=callback.result.get("exitCode"))
+        log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=conversation_id, status=status)
+        metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
+        self.delivery.spawn(self.delivery.deliver(conversation_id, task_id))
+        return {"success": True, "requestId": task_id, "status": status}
+
+    def _unauthorized(self, task_id: str, why: str) -> NoReturn:
+        log.warning(events.CALLBACK_UNAUTHORIZED, taskId=task_id, reason=why)
+        metrics.CALLBACKS.labels("unauthorized").inc()
+        raise Unauthorized("invalid callback secret")

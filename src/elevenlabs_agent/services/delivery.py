@@ -1,0 +1,145 @@
+"""Delivery of results into the live conversation (SPEC §5), at least once, keyed by task id.
+
+A result is published to the conversation's outbox before the callback is acknowledged. From there:
+- relay: SSE subscribers read the outbox stream; the browser forwards each event with
+  `sendContextualUpdate` and acknowledges it, which removes it from the pending set;
+- websocket: when the live session registered a `pushUrl`, we push a `contextual_update` frame there
+  and the accepted frame removes it from the pending set.
+Unconfirmed results stay pending and are offered again to every new subscriber or registration, so a
+crash, an expired session or a lost socket delays a result but never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from elevenlabs_agent import events, metrics
+from elevenlabs_agent.clients.elevenlabs import push_contextual_update
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.stores.outbox import Event, Outbox, stream_order
+from elevenlabs_agent.stores.sessions import SessionStore
+from elevenlabs_agent.stores.tasks import TaskStore
+from elevenlabs_agent.timeutil import now_iso
+
+log = get_logger()
+
+
+class DeliveryService:
+    def __init__(self, outbox: Outbox, sessions: SessionStore, tasks: TaskStore, push_timeout: float,
+                 keepalive_seconds: float) -> None:
+        self.outbox = outbox
+        self.sessions = sessions
+        self.tasks = tasks
+        self.push_timeout = push_timeout
+        self.keepalive_ms = int(keepalive_seconds * 1000)
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # background work ------------------------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run delivery after the response; tracked so shutdown can wait for it."""
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight deliveries; True if all finished in time."""
+        if not self._inflight:
+            return True
+        _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+        return not pending
+
+    # delivery ---------------------------------------------------------------------------------------
+
+    async def deliver(self, conversation_id: str, task_id: str) -> None:
+        """Deliver one freshly published result to the conversation's live session, if any."""
+        session = await self.sessions.get(conversation_id)
+        if session is None:
+            log.info(events.SESSION_MISSING, conversationId=conversation_id, taskId=task_id)
+            metrics.DELIVERIES.labels("none", "waiting").inc()
+            return
+        if not session.get("pushUrl"):
+            metrics.DELIVERIES.labels("relay", "published").inc()
+            return
+        for event in await self.outbox.pending(conversation_id):
+            if event.task_id == task_id:
+                await self._push(conversation_id, session["pushUrl"], event)
+
+    async def replay(self, conversation_id: str, push_url: str) -> None:
+        """Push every pending result to a newly registered push-capable session, oldest first."""
+        for event in await self.outbox.pending(conversation_id):
+            log.info(events.DELIVERY_REPLAYED, conversationId=conversation_id, taskId=event.task_id)
+            if not await self._push(conversation_id, push_url, event):
+                return
+
+    async def _push(self, conversation_id: str, push_url: str, event: Event) -> bool:
+        try:
+            await push_contextual_update(push_url, event.data["text"], event.task_id, self.push_timeout)
+        except Exception as exc:  # any failure leaves the result pending for the next session
+            log.warning(events.DELIVERY_PUSH_FAILED, conversationId=conversation_id, taskId=event.task_id,
+                        error=type(exc).__name__)
+            metrics.DELIVERIES.labels("websocket", "failed").inc()
+            return False
+        await self.confirm(conversation_id, [event.task_id], via="websocket")
+        log.info(events.DELIVERY_PUSHED, conversationId=conversation_id, taskId=event.task_id)
+        metrics.DELIVERIES.labels("websocket", "delivered").inc()
+        return True
+
+    async def confirm(self, conversation_id: str, task_ids: list[str], via: str) -> list[str]:
+        """A channel confirmed these results: drop them from pending and mark their tasks delivered."""
+        removed = await self.outbox.ack(conversation_id, task_ids)
+        if removed:
+            now = now_iso()
+            async with self.tasks.redis.pipeline(transaction=False) as pipe:
+                for task_id in removed:
+                    await self.tasks.queue_mark_delivered(pipe, task_id, via, now)
+                await pipe.execute()
+        return removed
+
+    async def acknowledge(self, conversation_id: str, task_ids: list[str]) -> list[str]:
+        """The browser forwarded these relayed results into its ElevenLabs session."""
+        removed = await self.confirm(conversation_id, task_ids, via="relay")
+        for task_id in removed:
+            log.info(events.DELIVERY_ACKNOWLEDGED, conversationId=conversation_id, taskId=task_id)
+            metrics.DELIVERIES.labels("relay", "delivered").inc()
+        return removed
+
+    # relay (SSE) ------------------------------------------------------------------------------------
+
+    async def subscribe(self, conversation_id: str, last_event_id: str | None) -> AsyncIterator[Event | None]:
+        """Events for one SSE subscriber; None means "nothing for a while", i.e. send a keep-alive.
+
+        Without `last_event_id`: every pending result, then live events. With it: pending results the
+        client saw but never acknowledged, then everything after `last_event_id`, then live events.
+        """
+        pending, newest = await self.outbox.snapshot(conversation_id)
+        if last_event_id is None:
+            cursor = newest
+            for event in pending:
+                yield event
+        else:
+            cursor = last_event_id
+            for event in pending:
+                if stream_order(event.id) <= stream_order(last_event_id):
+                    yield event
+            while True:
+                backlog = await self.outbox.read_after(conversation_id, cursor)
+                for event in backlog:
+                    yield event
+                    cursor = event.id
+                if len(backlog) < 100:
+                    break
+        while True:
+            batch = await self.outbox.wait_after(conversation_id, cursor, self.keepalive_ms)
+            if not batch:
+                yield None
+            for event in batch:
+                yield event
+                cursor = event.id
+

@@ -1,0 +1,38 @@
+"""Domain errors raised by services; the HTTP layer maps each class to one status code."""
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidInput(ServiceError):
+    """The caller sent something we cannot accept (400)."""
+
+
+class Unauthorized(ServiceError):
+    """Missing or wrong credentials (401)."""
+
+
+class Forbidden(ServiceError):
+    """Authenticated or not, this is not allowed (403)."""
+
+
+class NotFound(ServiceError):
+    """The named resource does not exist (404)."""
+
+
+class Conflict(ServiceError):
+    """The resource's state forbids this (409)."""
+
+
+class Unavailable(ServiceError):
+    """Disabled, not configured, or a dependency is down (503)."""
+
+
+class UpstreamFailed(ServiceError):
+    """An upstream service answered badly (502)."""

@@ -1,0 +1,40 @@
+"""`GET /signed-url`: mint a signed ElevenLabs conversation URL for a private agent."""
+
+from __future__ import annotations
+
+from elevenlabs_agent import events
+from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient, SignedUrl, UpstreamError
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.services.errors import Forbidden, InvalidInput, Unavailable, UpstreamFailed
+from elevenlabs_agent.stores.ids import is_valid_id
+
+log = get_logger()
+
+
+class SignedUrlService:
+    def __init__(self, client: ElevenLabsClient | None, default_agent_id: str | None,
+                 allowed_agent_ids: frozenset[str]) -> None:
+        self.client = client
+        self.default_agent_id = default_agent_id
+        # Our API key can mint URLs for every agent of the account: only ours may be asked for.
+        self.allowed_agent_ids = allowed_agent_ids
+
+    async def issue(self, agent_id: str | None) -> SignedUrl:
+        agent_id = agent_id or self.default_agent_id
+        if not agent_id:
+            raise InvalidInput("agentId is required (no ELEVENLABS_AGENT_ID is configured)")
+        if not is_valid_id(agent_id):
+            raise InvalidInput("agentId must be 1-128 characters of letters, digits, '_', '.', '-'")
+        if agent_id not in self.allowed_agent_ids:
+            raise Forbidden("signed URLs are not issued for this agent", agentId=agent_id)
+        if self.client is None:
+            raise Unavailable("ElevenLabs is not configured (ELEVENLABS_API_KEY is not set)")
+        try:
+            signed = await self.client.signed_url(agent_id)
+        except UpstreamError as exc:
+            log.warning(events.SIGNED_URL_FAILED, agentId=agent_id, error=str(exc), upstreamStatus=exc.status)
+            if exc.status is None:
+                raise Unavailable("ElevenLabs is unreachable", agentId=agent_id) from None
+            raise UpstreamFailed(str(exc), agentId=agent_id) from None
+        log.info(events.SIGNED_URL_ISSUED, agentId=agent_id)
+        return signed

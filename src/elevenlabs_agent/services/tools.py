@@ -1,0 +1,247 @@
+"""The ElevenLabs server-tool webhook: record a task, dispatch it, answer with a speakable sentence."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from elevenlabs_agent import events, metrics
+from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
+from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.services import speech
+from elevenlabs_agent.services.errors import InvalidInput
+from elevenlabs_agent.stores.aliases import AliasStore
+from elevenlabs_agent.stores.conversations import ConversationStore
+from elevenlabs_agent.stores.ids import is_valid_id
+from elevenlabs_agent.stores.sessions import SessionStore
+from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.timeutil import now_iso
+
+STATUS_TOOL = "get_task_status"
+DEFAULT_CODE_TOOL = "code_task"
+MAX_PROMPT_CHARS = 50_000
+RECENT_TASKS = 5
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENVELOPE = frozenset({"tool_name", "tool_args", "conversation_id", "session_id", "agent_id"})
+_PROMPT_ARGS = ("prompt", "task", "instruction", "query")
+_PASS_THROUGH = ("repository", "branchName", "maxIterations")
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A webhook body normalised from either accepted shape (SPEC §4)."""
+
+    tool_name: str
+    args: dict[str, Any]
+    conversation_id: str | None
+    session_id: str | None
+    agent_id: str | None
+
+    @classmethod
+    def parse(cls, body: Any, path_tool: str | None = None) -> ToolCall:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        if "tool_args" in body:  # the original shape
+            args = body["tool_args"]
+            if not isinstance(args, dict):
+                raise InvalidInput("tool_args must be an object")
+        else:  # a flat tool body: everything but the envelope is an argument
+            args = {k: v for k, v in body.items() if k not in _ENVELOPE}
+        tool_name = body.get("tool_name", path_tool) or DEFAULT_CODE_TOOL
+        if not isinstance(tool_name, str) or not _TOOL_NAME.fullmatch(tool_name):
+            raise InvalidInput("tool_name must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return cls(
+            tool_name=tool_name,
+            args=args,
+            conversation_id=_optional_id(body, "conversation_id"),
+            session_id=_optional_id(body, "session_id"),
+            agent_id=_optional_id(body, "agent_id"),
+        )
+
+    def prompt(self) -> str:
+        for name in _PROMPT_ARGS:
+            value = self.args.get(name)
+            if isinstance(value, str) and value.strip():
+                prompt = value.strip()
+                break
+        else:
+            extra = {k: v for k, v in self.args.items() if k not in _PASS_THROUGH}
+            if not extra:
+                raise InvalidInput("a code tool needs a 'prompt' argument")
+            prompt = f"{self.tool_name}: {orjson.dumps(extra).decode()}"
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidInput(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        return prompt
+
+
+def _optional_id(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not is_valid_id(value):
+        raise InvalidInput(f"{name} must be 1-128 characters of letters, digits, '_', '.', '-'")
+    return str(value)
+
+
+class ToolService:
+    def __init__(
+        self,
+        tasks: TaskStore,
+        conversations: ConversationStore,
+        sessions: SessionStore,
+        aliases: AliasStore,
+        cursor_runner: CursorRunnerClient,
+        public_url: str,
+    ) -> None:
+        self.tasks = tasks
+        self.conversations = conversations
+        self.sessions = sessions
+        self.aliases = aliases
+        self.cursor_runner = cursor_runner
+        self.public_url = public_url.rstrip("/")
+
+    async def handle(self, call: ToolCall) -> dict[str, Any]:
+        if call.tool_name == STATUS_TOOL:
+            return await self.task_status(call)
+        return await self.start_code_task(call)
+
+    async def resolve_conversation(self, call: ToolCall) -> str | None:
+        """Our conversation id for the ids the webhook carries (ElevenLabs sends its own)."""
+        candidates = [i for i in (call.conversation_id, call.session_id) if i]
+        found = await self.aliases.resolve(candidates)
+        if found is None and call.conversation_id:
+            log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
+        return found or call.conversation_id
+
+    async def start_code_task(self, call: ToolCall) -> dict[str, Any]:
+        prompt = call.prompt()
+        conversation_id = await self.resolve_conversation(call)
+        if conversation_id is None:
+            raise InvalidInput(
+                "conversation_id is required for code tools (map it from system__conversation_id)"
+            )
+        task_id = str(uuid.uuid4())
+        token = secrets.token_urlsafe(32)
+        now = now_iso()
+        message = {
+            "role": "tool",
+            "content": f"Started code task {task_id}.",
+            "timestamp": now,
+            "source": "tool_output",
+            "toolName": call.tool_name,
+            "toolArgs": call.args,
+            "status": "pending",
+            "taskId": task_id,
+        }
+        # One round trip: the task must exist before cursor-runner can possibly call back.
+        async with self.tasks.redis.pipeline(transaction=False) as pipe:
+            await self.tasks.queue_create(
+                pipe,
+                task_id=task_id,
+                conversation_id=conversation_id,
+                tool_name=call.tool_name,
+                tool_args=call.args,
+                prompt=prompt,
+                token_hash=hash_token(token),
+                now=now,
+            )
+            await self.conversations.queue_upsert_message(
+                pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
+            )
+            await self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
+            await pipe.execute()
+        log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
+
+        payload: dict[str, Any] = {
+            "id": task_id,
+            "prompt": prompt,
+            "conversationId": conversation_id,
+            "callbackUrl": f"{self.public_url}/callback?secret={quote(token)}",
+            "queueType": "api",
+        }
+        payload.update({k: call.args[k] for k in _PASS_THROUGH if k in call.args})
+        started = time.perf_counter()
+        result = await self.cursor_runner.execute_async(payload)
+        metrics.DISPATCH_DURATION.observe(time.perf_counter() - started)
+        metrics.DISPATCHES.labels(result.reason).inc()
+        if result.ok:
+            log.info(events.DISPATCH_SUCCEEDED, taskId=task_id, conversationId=conversation_id)
+            metrics.WEBHOOKS.labels("task_started").inc()
+            return {
+                "success": True,
+                "requestId": task_id,
+                "taskId": task_id,
+                "status": "started",
+                "message": speech.TASK_STARTED,
+            }
+
+        log.warning(events.DISPATCH_FAILED, taskId=task_id, conversationId=conversation_id,
+                    reason=result.reason, statusCode=result.status_code, detail=result.detail)
+        error = f"dispatch failed: {result.reason}"
+        if await self.tasks.fail_dispatch(task_id, error, now_iso()):
+            failed = {**message, "status": "failed", "content": f"Could not start code task {task_id}: "
+                      f"{result.reason}.", "timestamp": now_iso()}
+            async with self.tasks.redis.pipeline(transaction=False) as pipe:
+                await self.conversations.queue_upsert_message(
+                    pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
+                )
+                await pipe.execute()
+        metrics.WEBHOOKS.labels("dispatch_failed").inc()
+        return {
+            "success": False,
+            "requestId": task_id,
+            "taskId": task_id,
+            "status": "failed",
+            "error": error,
+            "message": speech.DISPATCH_FAILED,
+        }
+
+    async def task_status(self, call: ToolCall) -> dict[str, Any]:
+        task_id = next(
+            (call.args[k] for k in ("task_id", "taskId", "requestId") if isinstance(call.args.get(k), str)),
+            None,
+        )
+        metrics.WEBHOOKS.labels("status_query").inc()
+        if task_id is not None:
+            if not is_valid_id(task_id):
+                raise InvalidInput("task_id must be 1-128 characters of letters, digits, '_', '.', '-'")
+            task = await self.tasks.get(task_id)
+            log.info(events.TASK_STATUS_QUERIED, taskId=task_id, found=task is not None)
+            if task is None:
+                return {"success": False, "taskId": task_id, "status": "unknown",
+                        "message": speech.TASK_NOT_FOUND}
+            return {
+                "success": True,
+                "taskId": task_id,
+                "status": task.status,
+                "task": task.to_public(),
+                "message": speech.status_sentence(task_id, task.status, task.summary, task.error),
+            }
+        conversation_id = await self.resolve_conversation(call)
+        if conversation_id is None:
+            raise InvalidInput("get_task_status needs task_id or conversation_id")
+        conversation = await self.conversations.get(conversation_id)
+        tool_messages = [m for m in (conversation.messages if conversation else []) if m.get("taskId")]
+        recent = tool_messages[-RECENT_TASKS:][::-1]
+        log.info(events.TASK_STATUS_QUERIED, conversationId=conversation_id, found=len(recent))
+        if not recent:
+            return {"success": True, "tasks": [], "message": speech.NO_TASKS}
+        tasks = [
+            {"taskId": m["taskId"], "status": m.get("status"), "toolName": m.get("toolName"),
+             "content": m.get("content"), "timestamp": m.get("timestamp")}
+            for m in recent
+        ]
+        latest = recent[0]
+        sentence = speech.status_sentence(latest["taskId"], latest.get("status", "unknown"),
+                                          latest.get("content") if latest.get("status") != "pending" else None,
+                                          None)
+        return {"success": True, "tasks": tasks, "message": sentence}

@@ -1,0 +1,91 @@
+"""Configuration from environment variables (SPEC §2; names kept from the original service)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
+
+DEFAULT_SESSION_URL_HOSTS = ("elevenlabs.io", "*.elevenlabs.io")
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(3004, ge=0, le=65535)
+    elevenlabs_agent_enabled: bool = False
+    # Without a WEBHOOK_SECRET the webhook answers 503 "not configured"; this switch lets a developer
+    # run it unauthenticated on purpose. Never set it where the service is reachable from outside.
+    elevenlabs_agent_insecure_dev: bool = False
+
+    redis_url: str | None = None
+    embedded_redis_dir: str = ".elevenlabs-agent"
+
+    webhook_secret: SecretStr | None = None
+    # cursor-runner falls back to its own shared WEBHOOK_SECRET only when a callback URL carries no
+    # secret; we always put a per-task one in, so accepting the shared secret is opt-in.
+    callback_accept_webhook_secret: bool = False
+
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_agent_id: str | None = None
+    elevenlabs_api_url: str = "https://api.elevenlabs.io"
+    signed_url_allowed_agent_ids: CommaList = ()
+
+    cursor_runner_url: str = "http://cursor-runner:3001"
+    cursor_runner_secret: SecretStr | None = None
+    elevenlabs_agent_url: str = Field(
+        "http://elevenlabs-agent:3004", validation_alias=AliasChoices("elevenlabs_agent_url", "public_url")
+    )
+
+    cors_allow_origins: CommaList = ()
+    session_url_hosts: CommaList = DEFAULT_SESSION_URL_HOSTS
+
+    session_ttl_seconds: int = Field(sessions.DEFAULT_TTL, gt=0)
+    task_ttl_seconds: int = Field(tasks.DEFAULT_TTL, gt=0)
+    alias_ttl_seconds: int = Field(aliases.DEFAULT_TTL, gt=0)
+    outbox_ttl_seconds: int = Field(outbox.DEFAULT_TTL, gt=0)
+    outbox_stream_maxlen: int = Field(outbox.DEFAULT_STREAM_MAXLEN, gt=0)
+    max_messages_per_conversation: int = Field(conversations.DEFAULT_MAX_MESSAGES, gt=0)
+
+    dispatch_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    push_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    upstream_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+    drain_seconds: float = Field(5.0, ge=0)
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)
+    log_level: str = "info"
+
+    @field_validator("cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @cached_property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret, for the log redactor."""
+        secrets = (self.webhook_secret, self.elevenlabs_api_key, self.cursor_runner_secret)
+        return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+
+    @property
+    def webhook_configured(self) -> bool:
+        return self.webhook_secret is not None and bool(self.webhook_secret.get_secret_value())
+
+    @property
+    def signed_url_agent_ids(self) -> frozenset[str]:
+        ids = set(self.signed_url_allowed_agent_ids)
+        if self.elevenlabs_agent_id:
+            ids.add(self.elevenlabs_agent_id)
+        return frozenset(ids)

@@ -1,0 +1,59 @@
+"""Run an ASGI app on 127.0.0.1 inside the current event loop (uvicorn, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class LocalServer:
+    """The socket is bound at construction, so the port is known before the app exists (a service
+    needs its own URL in its settings); `app` may be set until `start()`."""
+
+    def __init__(self, app: ASGIApp | None = None, port: int = 0) -> None:
+        self.app = app
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
+        self.port: int = self._socket.getsockname()[1]
+        self.server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        assert self.app is not None, "set LocalServer.app before start()"
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, timeout_graceful_shutdown=2,
+                                ws_ping_interval=None)
+        self.server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self.server.serve(sockets=[self._socket]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._task is None or self.server is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        self._socket.close()
+
+    async def __aenter__(self) -> LocalServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,29 @@
+"""Redis stores: one module owns one key family, its TTL and its value shape.
+
+`KEY_FAMILIES` is the single list the CLI and the runbook read, so an operator's view of the keys
+can never drift from what the service writes.
+"""
+
+from dataclasses import dataclass
+
+from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
+
+
+@dataclass(frozen=True)
+class KeyFamily:
+    name: str
+    pattern: str  # a SCAN MATCH pattern
+    redis_type: str
+    default_ttl: int | None  # seconds; None = persistent
+    holds: str
+
+
+KEY_FAMILIES: tuple[KeyFamily, ...] = (
+    KeyFamily("sessions", sessions.SCAN_PATTERN, "hash", sessions.DEFAULT_TTL, sessions.HOLDS),
+    KeyFamily("tasks", tasks.SCAN_PATTERN, "hash", tasks.DEFAULT_TTL, tasks.HOLDS),
+    KeyFamily("conversations", conversations.SCAN_PATTERN, "hash", None, conversations.HOLDS),
+    KeyFamily("conversation_index", conversations.INDEX_KEY, "zset", None, conversations.INDEX_HOLDS),
+    KeyFamily("aliases", aliases.SCAN_PATTERN, "string", aliases.DEFAULT_TTL, aliases.HOLDS),
+    KeyFamily("event_streams", outbox.STREAM_SCAN_PATTERN, "stream", outbox.DEFAULT_TTL, outbox.STREAM_HOLDS),
+    KeyFamily("pending_results", outbox.PENDING_SCAN_PATTERN, "hash", outbox.DEFAULT_TTL, outbox.PENDING_HOLDS),
+)

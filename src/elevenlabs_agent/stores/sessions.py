@@ -1,0 +1,48 @@
+"""`elevenlabs:session:{conversationId}`: the live, push-capable session of one browser connection.
+
+Value: a hash, readable with `HGETALL elevenlabs:session:<conversationId>`. Fields: conversationId,
+sessionUrl, sessionId, expiresAt, agentSessionId, transport, pushUrl, metadata (JSON), registeredAt,
+and, written by tool webhooks, lastTaskId / lastToolCallAt. Lifetime: TTL 10 min, refreshed by every
+registration. Registration writes only the fields it carries (HSET, never a whole-value SET), so it
+cannot erase what a webhook wrote concurrently.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from elevenlabs_agent.stores import lua
+
+KEY_PREFIX = "elevenlabs:session:"
+SCAN_PATTERN = KEY_PREFIX + "*"
+DEFAULT_TTL = 600
+HOLDS = "the live session registration of one browser connection"
+
+
+def key(conversation_id: str) -> str:
+    return KEY_PREFIX + conversation_id
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self._register = redis.register_script(lua.HSET_WITH_TTL)
+        self._set_if_exists = redis.register_script(lua.HSET_IF_EXISTS)
+
+    async def queue_register(self, pipe: Pipeline, conversation_id: str, fields: dict[str, str]) -> None:
+        args: list[str | int] = [self.ttl]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._register(keys=[key(conversation_id)], args=args, client=pipe)
+
+    async def queue_note_task(self, pipe: Pipeline, conversation_id: str, task_id: str, now: str) -> None:
+        """Record the latest tool call on a live session; a no-op when none is live."""
+        await self._set_if_exists(
+            keys=[key(conversation_id)], args=["lastTaskId", task_id, "lastToolCallAt", now], client=pipe
+        )
+
+    async def get(self, conversation_id: str) -> dict[str, str] | None:
+        h: dict[str, str] = await self.redis.hgetall(key(conversation_id))  # type: ignore[misc]
+        return h or None

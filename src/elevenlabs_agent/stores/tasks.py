@@ -1,0 +1,211 @@
+"""`cursor_task:{taskId}`: a task dispatched to cursor-runner, awaiting (or holding) its result.
+
+Value: a hash, readable with `HGETALL cursor_task:<id>`. Fields: taskId, conversationId, toolName,
+toolArgs (JSON), prompt, status (pending|completed|failed), createdAt, updatedAt, error, tokenHash
+(SHA-256 of the per-task callback secret; the secret itself is never stored), and once the callback
+arrived: callbackAt, completedAt, result (JSON), summary, delivery (pending|delivered), deliveredAt,
+deliveredVia. Lifetime: TTL 24 h from creation; the result also lives on in the conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from elevenlabs_agent.stores import lua
+
+KEY_PREFIX = "cursor_task:"
+SCAN_PATTERN = KEY_PREFIX + "*"
+DEFAULT_TTL = 86_400
+HOLDS = "a dispatched task: status, tool, prompt, result, callback token hash"
+
+# The callback is the only writer of callbackAt, which makes it the idempotency marker: whatever
+# the dispatch outcome was, the first authenticated callback wins and every later one is a duplicate.
+_COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+if ARGV[2] ~= '1' and redis.call('HGET', KEYS[1], 'tokenHash') ~= ARGV[1] then return {'unauthorized'} end
+if redis.call('HEXISTS', KEYS[1], 'callbackAt') == 1 then
+  return {'duplicate', redis.call('HGET', KEYS[1], 'status')}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'summary', ARGV[6],
+  'completedAt', ARGV[5], 'callbackAt', ARGV[5], 'updatedAt', ARGV[5], 'delivery', 'pending')
+local t = redis.call('HMGET', KEYS[1], 'conversationId', 'toolName', 'toolArgs', 'prompt')
+return {'accepted', t[1] or '', t[2] or '', t[3] or '{}', t[4] or ''}
+"""
+
+# A dispatch failure must not overwrite a result that a fast callback already stored.
+_FAIL_DISPATCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'callbackAt') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'updatedAt', ARGV[2])
+return 1
+"""
+
+CallbackOutcome = Literal["accepted", "duplicate", "unknown", "unauthorized"]
+
+
+def key(task_id: str) -> str:
+    return KEY_PREFIX + task_id
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, token_hash: str) -> bool:
+    return hmac.compare_digest(hash_token(token), token_hash)
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    conversation_id: str
+    tool_name: str
+    prompt: str
+    status: str
+    created_at: str
+    tool_args: dict[str, Any] = field(default_factory=dict)
+    completed_at: str | None = None
+    result: dict[str, Any] | None = None
+    summary: str | None = None
+    error: str | None = None
+    delivery: str | None = None
+    delivered_at: str | None = None
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> Task:
+        return cls(
+            task_id=h.get("taskId", ""),
+            conversation_id=h.get("conversationId", ""),
+            tool_name=h.get("toolName", ""),
+            prompt=h.get("prompt", ""),
+            status=h.get("status", ""),
+            created_at=h.get("createdAt", ""),
+            tool_args=orjson.loads(h.get("toolArgs") or "{}"),
+            completed_at=h.get("completedAt"),
+            result=orjson.loads(h["result"]) if h.get("result") else None,
+            summary=h.get("summary"),
+            error=h.get("error"),
+            delivery=h.get("delivery"),
+            delivered_at=h.get("deliveredAt"),
+        )
+
+    def to_public(self) -> dict[str, Any]:
+        """The task as shown to clients and operators: everything but the token hash."""
+        return {
+            "taskId": self.task_id,
+            "conversationId": self.conversation_id,
+            "toolName": self.tool_name,
+            "status": self.status,
+            "createdAt": self.created_at,
+            "completedAt": self.completed_at,
+            "summary": self.summary,
+            "error": self.error,
+            "result": self.result,
+            "delivery": self.delivery,
+            "deliveredAt": self.delivered_at,
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    outcome: CallbackOutcome
+    conversation_id: str = ""
+    tool_name: str = ""
+    tool_args: dict[str, Any] = field(default_factory=dict)
+    prompt: str = ""
+    previous_status: str = ""
+
+
+class TaskStore:
+    def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self._create = redis.register_script(lua.HSET_WITH_TTL)
+        self._set_if_exists = redis.register_script(lua.HSET_IF_EXISTS)
+        self._complete = redis.register_script(_COMPLETE)
+        self._fail_dispatch = redis.register_script(_FAIL_DISPATCH)
+
+    async def queue_create(
+        self,
+        pipe: Pipeline,
+        *,
+        task_id: str,
+        conversation_id: str,
+        tool_name: str,
+        tool_args: dict[str, Any],
+        prompt: str,
+        token_hash: str,
+        now: str,
+    ) -> None:
+        fields = {
+            "taskId": task_id,
+            "conversationId": conversation_id,
+            "toolName": tool_name,
+            "toolArgs": orjson.dumps(tool_args).decode(),
+            "prompt": prompt,
+            "status": "pending",
+            "createdAt": now,
+            "updatedAt": now,
+            "tokenHash": token_hash,
+        }
+        args: list[str | int] = [self.ttl]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._create(keys=[key(task_id)], args=args, client=pipe)
+
+    async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
+        """Mark a task failed because it could not be dispatched; False if its callback already won."""
+        return bool(await self._fail_dispatch(keys=[key(task_id)], args=[error, now]))
+
+    async def complete(
+        self,
+        task_id: str,
+        *,
+        token_hash: str,
+        shared_secret_ok: bool,
+        status: str,
+        result: dict[str, Any],
+        summary: str,
+        now: str,
+    ) -> Completion:
+        """Record a callback's result atomically: auth check, idempotency and the write in one step."""
+        reply = await self._complete(
+            keys=[key(task_id)],
+            args=[token_hash, "1" if shared_secret_ok else "0", status, orjson.dumps(result).decode(), now, summary],
+        )
+        outcome = reply[0]
+        if outcome == "accepted":
+            return Completion(
+                "accepted",
+                conversation_id=reply[1],
+                tool_name=reply[2],
+                tool_args=orjson.loads(reply[3]),
+                prompt=reply[4],
+            )
+        if outcome == "duplicate":
+            return Completion("duplicate", previous_status=reply[1])
+        return Completion("unknown" if outcome == "unknown" else "unauthorized")
+
+    async def queue_mark_delivered(self, pipe: Pipeline, task_id: str, via: str, now: str) -> None:
+        await self._set_if_exists(
+            keys=[key(task_id)],
+            args=["delivery", "delivered", "deliveredAt", now, "deliveredVia", via],
+            client=pipe,
+        )
+
+    async def get(self, task_id: str) -> Task | None:
+        h = await self.redis.hgetall(key(task_id))
+        return Task.from_hash(h) if h else None
+
+    async def get_many(self, task_ids: list[str]) -> list[Task]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(key(task_id))
+            hashes = await pipe.execute()
+        return [Task.from_hash(h) for h in hashes if h]
