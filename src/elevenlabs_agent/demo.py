@@ -91,19 +91,25 @@ async def _round_trip(redis_url: str, step: Callable[[str], None]) -> bool:
         hello = orjson.loads(await voice.recv())
         eleven_id = hello["conversation_initiation_metadata_event"]["conversation_id"]
         step(f"browser opened ElevenLabs conversation {eleven_id}")
-        registration = await http.post(f"/agent-conversations/api/{conversation_id}/session", json={
-            "sessionUrl": signed["signedUrl"],
-            "pushUrl": f"{el_server.ws_url}/push/{eleven_id}",
-            "transport": "websocket",
-            "metadata": {"agentId": AGENT_ID, "elevenConversationId": eleven_id},
-        })
+        registration = await http.post(
+            f"/agent-conversations/api/{conversation_id}/session",
+            json={
+                "sessionUrl": signed["signedUrl"],
+                "pushUrl": f"{el_server.ws_url}/push/{eleven_id}",
+                "transport": "websocket",
+                "metadata": {"agentId": AGENT_ID, "elevenConversationId": eleven_id},
+            },
+        )
         step(f"browser registered its session: {registration.json()['message']}")
 
         # The agent: call the code tool the way ElevenLabs does.
         answer = await http.post(
             "/agent-tools",
-            json={"tool_name": "code_task", "conversation_id": eleven_id,
-                  "prompt": "Add a health check endpoint and its test"},
+            json={
+                "tool_name": "code_task",
+                "conversation_id": eleven_id,
+                "prompt": "Add a health check endpoint and its test",
+            },
             headers={"X-Webhook-Secret": webhook_secret},
         )
         reply = answer.json()
@@ -120,6 +126,6 @@ async def _round_trip(redis_url: str, step: Callable[[str], None]) -> bool:
         conversation = (await http.get(f"/agent-conversations/api/{conversation_id}")).json()
         tool_message = conversation["messages"][-1]
         step(f"conversation history: tool message status={tool_message['status']!r}")
-        ok = updates[0].get("context_id") == task_id and tool_message["status"] == "completed"
+        ok = bool(updates[0].get("context_id") == task_id and tool_message["status"] == "completed")
         step("SUCCESS: the result reached the live conversation" if ok else "FAILED: unexpected result")
         return ok

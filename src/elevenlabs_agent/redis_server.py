@@ -32,8 +32,9 @@ class RedisServer:
     `stop()` and `start()` can be called again: the data directory survives, as after a real restart.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = True,
-                 binary: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, appendonly: bool = True, binary: str | None = None
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -51,25 +52,36 @@ class RedisServer:
         assert self.binary is not None
         args = [
             self.binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
-            "--logfile", str(self.directory / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RedisServerError(f"redis-server exited with {self.process.returncode}; "
-                                           f"see {self.directory / 'redis.log'}")
+                    raise RedisServerError(
+                        f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
+                    )
                 try:
                     if client.ping():
                         return

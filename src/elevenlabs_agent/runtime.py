@@ -84,8 +84,7 @@ class Runtime:
             delivery=delivery,
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
             callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
-            conversations=ConversationService(conversations, sessions, aliases, outbox, delivery,
-                                              s.session_url_hosts),
+            conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
         )
 

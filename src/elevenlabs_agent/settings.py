@@ -5,9 +5,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from pydantic import field_validator
 
 from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
 

@@ -18,8 +18,13 @@ class DispatchResult:
 
 
 class CursorRunnerClient:
-    def __init__(self, base_url: str, secret: str | None, timeout: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str | None,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"X-Webhook-Secret": secret} if secret else {}
         self.timeout = timeout
         # One pooled keep-alive client: a TCP (and TLS) handshake per webhook would dominate latency.
@@ -72,6 +77,7 @@ def _error_text(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return f"HTTP {response.status_code}"
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"][:200]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return error[:200]
     return f"HTTP {response.status_code}"

@@ -61,7 +61,8 @@ async def push_contextual_update(push_url: str, text: str, context_id: str, time
     i.e. the peer read past our frame.
     """
     frame = orjson.dumps({"type": "contextual_update", "text": text, "context_id": context_id}).decode()
-    async with asyncio.timeout(timeout), websockets.connect(
-        push_url, open_timeout=timeout, close_timeout=timeout, max_size=2**20
-    ) as ws:
+    async with (
+        asyncio.timeout(timeout),
+        websockets.connect(push_url, open_timeout=timeout, close_timeout=timeout, max_size=2**20) as ws,
+    ):
         await ws.send(frame)

@@ -25,8 +25,11 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info(events.SERVICE_STARTED, enabled=settings.elevenlabs_agent_enabled,
-                 webhookConfigured=settings.webhook_configured)
+        log.info(
+            events.SERVICE_STARTED,
+            enabled=settings.elevenlabs_agent_enabled,
+            webhookConfigured=settings.webhook_configured,
+        )
         try:
             yield
         finally:
@@ -49,7 +52,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             ),
             Middleware(FeatureFlagMiddleware, enabled=settings.elevenlabs_agent_enabled),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.runtime = runtime

@@ -35,8 +35,8 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"success": False, "error": message, **extra}, status_code=status)
+def error_response(status: int, error: str, /, **extra: Any) -> JSONResponse:
+    return JSONResponse({"success": False, "error": error, **extra}, status_code=status)
 
 
 class BodyError(Exception):

@@ -65,8 +65,14 @@ class ObservabilityMiddleware:
             template = route.path if isinstance(route, Route) else "unmatched"
             metrics.HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
             metrics.HTTP_REQUEST_DURATION.labels(template).observe(elapsed)
-            log.info(events.HTTP_REQUEST, method=scope["method"], path=scope["path"], route=template,
-                     status=status, durationMs=round(elapsed * 1000, 2))
+            log.info(
+                events.HTTP_REQUEST,
+                method=scope["method"],
+                path=scope["path"],
+                route=template,
+                status=status,
+                durationMs=round(elapsed * 1000, 2),
+            )
             structlog.contextvars.clear_contextvars()
 
 

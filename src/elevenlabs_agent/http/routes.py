@@ -53,15 +53,17 @@ def _presented_secret(request: Request, *header_names: str) -> str | None:
 async def health(request: Request) -> Response:
     rt = _runtime(request)
     ok, _ = await rt.redis_ping(timeout=0.5)
-    return JSONResponse({
-        "status": "ok",
-        "service": SERVICE_NAME,
-        "version": __version__,
-        "redis": "connected" if ok else "disconnected",
-        "draining": rt.draining,
-        "uptimeSeconds": round(time.time() - rt.started_at, 1),
-        "timestamp": now_iso(),
-    })
+    return JSONResponse(
+        {
+            "status": "ok",
+            "service": SERVICE_NAME,
+            "version": __version__,
+            "redis": "connected" if ok else "disconnected",
+            "draining": rt.draining,
+            "uptimeSeconds": round(time.time() - rt.started_at, 1),
+            "timestamp": now_iso(),
+        }
+    )
 
 
 async def ready(request: Request) -> Response:
@@ -72,8 +74,14 @@ async def ready(request: Request) -> Response:
         "status": "pass" if passing else "fail",
         "service": SERVICE_NAME,
         "checks": {
-            "redis:ping": [{"status": "pass" if ok else "fail", "observedValue": round(latency, 2),
-                            "observedUnit": "ms", "time": now_iso()}],
+            "redis:ping": [
+                {
+                    "status": "pass" if ok else "fail",
+                    "observedValue": round(latency, 2),
+                    "observedUnit": "ms",
+                    "time": now_iso(),
+                }
+            ],
             "service:draining": [{"status": "fail" if rt.draining else "pass", "observedValue": rt.draining}],
         },
     }
@@ -86,31 +94,42 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def config(request: Request) -> Response:
     s = _runtime(request).settings
-    return JSONResponse({"success": True, "config": {
-        "agentId": s.elevenlabs_agent_id,
-        "agentUrl": s.elevenlabs_agent_url,
-        "cursorRunnerUrl": s.cursor_runner_url,
-        "webhookSecretConfigured": s.webhook_configured,
-        "redisUrl": "configured" if s.redis_url else "embedded",
-        "hasApiKey": s.elevenlabs_api_key is not None,
-        "enabled": s.elevenlabs_agent_enabled,
-    }})
+    return JSONResponse(
+        {
+            "success": True,
+            "config": {
+                "agentId": s.elevenlabs_agent_id,
+                "agentUrl": s.elevenlabs_agent_url,
+                "cursorRunnerUrl": s.cursor_runner_url,
+                "webhookSecretConfigured": s.webhook_configured,
+                "redisUrl": "configured" if s.redis_url else "embedded",
+                "hasApiKey": s.elevenlabs_api_key is not None,
+                "enabled": s.elevenlabs_agent_enabled,
+            },
+        }
+    )
 
 
 async def config_health(request: Request) -> Response:
     rt = _runtime(request)
-    (redis_ok, latency), (runner_ok, runner_detail) = await asyncio.gather(
-        rt.redis_ping(), rt.cursor_runner.probe()
+    (redis_ok, latency), (runner_ok, runner_detail) = await asyncio.gather(rt.redis_ping(), rt.cursor_runner.probe())
+    return JSONResponse(
+        {
+            "service": SERVICE_NAME,
+            "status": "ok" if redis_ok and runner_ok else "degraded",
+            "dependencies": {
+                "redis": {
+                    "status": "connected" if redis_ok else "disconnected",
+                    "latencyMs": round(latency, 2),
+                },
+                "cursorRunner": {
+                    "status": "reachable" if runner_ok else "unreachable",
+                    "detail": runner_detail,
+                },
+            },
+            "timestamp": now_iso(),
+        }
     )
-    return JSONResponse({
-        "service": SERVICE_NAME,
-        "status": "ok" if redis_ok and runner_ok else "degraded",
-        "dependencies": {
-            "redis": {"status": "connected" if redis_ok else "disconnected", "latencyMs": round(latency, 2)},
-            "cursorRunner": {"status": "reachable" if runner_ok else "unreachable", "detail": runner_detail},
-        },
-        "timestamp": now_iso(),
-    })
 
 
 # --- ElevenLabs-facing ----------------------------------------------------------------------------
@@ -175,13 +194,15 @@ def _page_params(request: Request) -> tuple[int, int]:
 async def list_conversations(request: Request) -> Response:
     offset, limit = _page_params(request)
     conversations, total = await _runtime(request).conversations.list(offset, limit)
-    return JSONResponse({
-        "success": True,
-        "conversations": [c.to_public() for c in conversations],
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-    })
+    return JSONResponse(
+        {
+            "success": True,
+            "conversations": [c.to_public() for c in conversations],
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+        }
+    )
 
 
 async def new_conversation(request: Request) -> Response:
@@ -190,8 +211,10 @@ async def new_conversation(request: Request) -> Response:
     if request.headers.get("content-length", "0") != "0" or request.headers.get("transfer-encoding"):
         body = await read_json(request, rt.settings.max_body_bytes)
     conversation = await rt.conversations.create(body)
-    return JSONResponse({"success": True, "conversation": conversation.to_public(),
-                         **conversation.to_public()}, status_code=201)
+    return JSONResponse(
+        {"success": True, "conversation": conversation.to_public(), **conversation.to_public()},
+        status_code=201,
+    )
 
 
 async def get_conversation(request: Request) -> Response:
@@ -213,12 +236,14 @@ async def register_session(request: Request) -> Response:
     registration = await rt.conversations.register_session(
         conversation_id, await read_json(request, rt.settings.max_body_bytes)
     )
-    return JSONResponse({
-        "success": True,
-        "message": "Session registered",
-        "sessionId": registration.session_id,
-        "pendingResults": registration.pending_results,
-    })
+    return JSONResponse(
+        {
+            "success": True,
+            "message": "Session registered",
+            "sessionId": registration.session_id,
+            "pendingResults": registration.pending_results,
+        }
+    )
 
 
 async def acknowledge_events(request: Request) -> Response:
@@ -259,8 +284,11 @@ async def events_stream(request: Request) -> Response:
         finally:
             log.info(events.SSE_DISCONNECTED, conversationId=conversation_id)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 ROUTES = [

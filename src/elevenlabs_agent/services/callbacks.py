@@ -22,8 +22,17 @@ from elevenlabs_agent.stores.tasks import TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
 # Fields of cursor-runner's body worth keeping; anything else it may add is ignored.
-_RESULT_FIELDS = ("success", "exitCode", "output", "error", "duration", "repository", "branchName",
-                  "command", "timestamp")
+_RESULT_FIELDS = (
+    "success",
+    "exitCode",
+    "output",
+    "error",
+    "duration",
+    "repository",
+    "branchName",
+    "command",
+    "timestamp",
+)
 
 log = get_logger()
 
@@ -57,8 +66,14 @@ class CallbackBody:
 
 
 class CallbackService:
-    def __init__(self, tasks: TaskStore, conversations: ConversationStore, outbox: Outbox,
-                 delivery: DeliveryService, shared_secret: str | None) -> None:
+    def __init__(
+        self,
+        tasks: TaskStore,
+        conversations: ConversationStore,
+        outbox: Outbox,
+        delivery: DeliveryService,
+        shared_secret: str | None,
+    ) -> None:
         self.tasks = tasks
         self.conversations = conversations
         self.outbox = outbox
@@ -69,9 +84,7 @@ class CallbackService:
         task_id = callback.request_id
         if not secret:
             return self._unauthorized(task_id, "missing secret")
-        shared_ok = self.shared_secret is not None and hmac.compare_digest(
-            secret.encode(), self.shared_secret.encode()
-        )
+        shared_ok = self.shared_secret is not None and hmac.compare_digest(secret.encode(), self.shared_secret.encode())
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
         now = now_iso()
@@ -122,8 +135,12 @@ class CallbackService:
             await self.outbox.queue_publish(pipe, conversation_id, task_id, event)
             await pipe.execute()
         if callback.failed:
-            log.info(events.CALLBACK_TASK_FAILED, taskId=task_id, conversationId=conversation_id,
-                     exitCode=callback.result.get("exitCode"))
+            log.info(
+                events.CALLBACK_TASK_FAILED,
+                taskId=task_id,
+                conversationId=conversation_id,
+                exitCode=callback.result.get("exitCode"),
+            )
         log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=conversation_id, status=status)
         metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
         self.delivery.spawn(self.delivery.deliver(conversation_id, task_id))

@@ -94,8 +94,15 @@ class Registration:
 
 
 class ConversationService:
-    def __init__(self, conversations: ConversationStore, sessions: SessionStore, aliases: AliasStore,
-                 outbox: Outbox, delivery: DeliveryService, allowed_hosts: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        sessions: SessionStore,
+        aliases: AliasStore,
+        outbox: Outbox,
+        delivery: DeliveryService,
+        allowed_hosts: tuple[str, ...],
+    ) -> None:
         self.conversations = conversations
         self.sessions = sessions
         self.aliases = aliases
@@ -112,8 +119,9 @@ class ConversationService:
             raise InvalidInput("conversationId must be a string")
         require_id(conversation_id, "conversationId")
         agent_id = _optional_str(body, "agentId", 128)
-        if not await self.conversations.create(conversation_id, now=now_iso(), agent_id=agent_id,
-                                               metadata=_metadata(body)):
+        if not await self.conversations.create(
+            conversation_id, now=now_iso(), agent_id=agent_id, metadata=_metadata(body)
+        ):
             raise Conflict("a conversation with this id already exists", conversationId=conversation_id)
         return await self.get(conversation_id)
 
@@ -130,8 +138,7 @@ class ConversationService:
         message = parse_message(body)
         message["timestamp"] = now_iso()
         try:
-            stored = await self.conversations.append_message(require_id(conversation_id), message,
-                                                             message["timestamp"])
+            stored = await self.conversations.append_message(require_id(conversation_id), message, message["timestamp"])
         except ConversationFull:
             raise Conflict("the conversation holds the maximum number of messages") from None
         if not stored:
@@ -161,8 +168,9 @@ class ConversationService:
         eleven_id = metadata.get("elevenConversationId")
         aliases = [a for a in (eleven_id, session_id, agent_session_id) if isinstance(a, str)]
         if any(not is_valid_id(a) for a in aliases):
-            raise InvalidInput("session and ElevenLabs conversation ids must be 1-128 characters of "
-                               "letters, digits, '_', '.', '-'")
+            raise InvalidInput(
+                "session and ElevenLabs conversation ids must be 1-128 characters of letters, digits, '_', '.', '-'"
+            )
         if not await self.conversations.exists(conversation_id):
             raise NotFound("conversation not found", conversationId=conversation_id)
 
@@ -186,8 +194,13 @@ class ConversationService:
                 self.aliases.queue_set(pipe, alias, conversation_id)
             await pipe.execute()
         pending = await self.outbox.pending(conversation_id)
-        log.info(events.SESSION_REGISTERED, conversationId=conversation_id, sessionId=session_id,
-                 push=bool(push_url), pendingResults=len(pending))
+        log.info(
+            events.SESSION_REGISTERED,
+            conversationId=conversation_id,
+            sessionId=session_id,
+            push=bool(push_url),
+            pendingResults=len(pending),
+        )
         if push_url and pending:
             self.delivery.spawn(self.delivery.replay(conversation_id, push_url))
         return Registration(session_id, len(pending))

@@ -27,8 +27,14 @@ log = get_logger()
 
 
 class DeliveryService:
-    def __init__(self, outbox: Outbox, sessions: SessionStore, tasks: TaskStore, push_timeout: float,
-                 keepalive_seconds: float) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        sessions: SessionStore,
+        tasks: TaskStore,
+        push_timeout: float,
+        keepalive_seconds: float,
+    ) -> None:
         self.outbox = outbox
         self.sessions = sessions
         self.tasks = tasks
@@ -82,8 +88,12 @@ class DeliveryService:
         try:
             await push_contextual_update(push_url, event.data["text"], event.task_id, self.push_timeout)
         except Exception as exc:  # any failure leaves the result pending for the next session
-            log.warning(events.DELIVERY_PUSH_FAILED, conversationId=conversation_id, taskId=event.task_id,
-                        error=type(exc).__name__)
+            log.warning(
+                events.DELIVERY_PUSH_FAILED,
+                conversationId=conversation_id,
+                taskId=event.task_id,
+                error=type(exc).__name__,
+            )
             metrics.DELIVERIES.labels("websocket", "failed").inc()
             return False
         await self.confirm(conversation_id, [event.task_id], via="websocket")
@@ -142,4 +152,3 @@ class DeliveryService:
             for event in batch:
                 yield event
                 cursor = event.id
-

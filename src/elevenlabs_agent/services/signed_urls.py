@@ -12,8 +12,9 @@ log = get_logger()
 
 
 class SignedUrlService:
-    def __init__(self, client: ElevenLabsClient | None, default_agent_id: str | None,
-                 allowed_agent_ids: frozenset[str]) -> None:
+    def __init__(
+        self, client: ElevenLabsClient | None, default_agent_id: str | None, allowed_agent_ids: frozenset[str]
+    ) -> None:
         self.client = client
         self.default_agent_id = default_agent_id
         # Our API key can mint URLs for every agent of the account: only ours may be asked for.

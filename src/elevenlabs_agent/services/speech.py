@@ -7,8 +7,7 @@ from typing import Any
 
 TASK_STARTED = "I've started working on that. I'll let you know as soon as it's done."
 DISPATCH_FAILED = (
-    "I couldn't start that task because the coding service isn't available right now. "
-    "Please try again in a moment."
+    "I couldn't start that task because the coding service isn't available right now. Please try again in a moment."
 )
 STORAGE_DOWN = "I can't start tasks right now because my storage is unavailable. Please try again shortly."
 NO_TASKS = "I don't see any tasks for this conversation yet."
@@ -24,9 +23,9 @@ def excerpt(text: str, limit: int = SUMMARY_CHARS) -> str:
 
 
 def result_summary(failed: bool, result: dict[str, Any]) -> str:
-    """What the agent should tell the user about a finished task."""
-    output = result.get("output") if isinstance(result.get("output"), str) else ""
-    error = result.get("error") if isinstance(result.get("error"), str) else ""
+    """What the agent should tell the user about a finished task (`output`/`error` are str or None)."""
+    output = result.get("output") or ""
+    error = result.get("error") or ""
     exit_code = result.get("exitCode")
     if failed:
         reason = excerpt(error or output or "no details were given")

@@ -126,9 +126,7 @@ class ToolService:
         prompt = call.prompt()
         conversation_id = await self.resolve_conversation(call)
         if conversation_id is None:
-            raise InvalidInput(
-                "conversation_id is required for code tools (map it from system__conversation_id)"
-            )
+            raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
         task_id = str(uuid.uuid4())
         token = secrets.token_urlsafe(32)
         now = now_iso()
@@ -184,12 +182,22 @@ class ToolService:
                 "message": speech.TASK_STARTED,
             }
 
-        log.warning(events.DISPATCH_FAILED, taskId=task_id, conversationId=conversation_id,
-                    reason=result.reason, statusCode=result.status_code, detail=result.detail)
+        log.warning(
+            events.DISPATCH_FAILED,
+            taskId=task_id,
+            conversationId=conversation_id,
+            reason=result.reason,
+            statusCode=result.status_code,
+            detail=result.detail,
+        )
         error = f"dispatch failed: {result.reason}"
         if await self.tasks.fail_dispatch(task_id, error, now_iso()):
-            failed = {**message, "status": "failed", "content": f"Could not start code task {task_id}: "
-                      f"{result.reason}.", "timestamp": now_iso()}
+            failed = {
+                **message,
+                "status": "failed",
+                "content": f"Could not start code task {task_id}: {result.reason}.",
+                "timestamp": now_iso(),
+            }
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
                 await self.conversations.queue_upsert_message(
                     pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
@@ -217,8 +225,12 @@ class ToolService:
             task = await self.tasks.get(task_id)
             log.info(events.TASK_STATUS_QUERIED, taskId=task_id, found=task is not None)
             if task is None:
-                return {"success": False, "taskId": task_id, "status": "unknown",
-                        "message": speech.TASK_NOT_FOUND}
+                return {
+                    "success": False,
+                    "taskId": task_id,
+                    "status": "unknown",
+                    "message": speech.TASK_NOT_FOUND,
+                }
             return {
                 "success": True,
                 "taskId": task_id,
@@ -236,12 +248,20 @@ class ToolService:
         if not recent:
             return {"success": True, "tasks": [], "message": speech.NO_TASKS}
         tasks = [
-            {"taskId": m["taskId"], "status": m.get("status"), "toolName": m.get("toolName"),
-             "content": m.get("content"), "timestamp": m.get("timestamp")}
+            {
+                "taskId": m["taskId"],
+                "status": m.get("status"),
+                "toolName": m.get("toolName"),
+                "content": m.get("content"),
+                "timestamp": m.get("timestamp"),
+            }
             for m in recent
         ]
         latest = recent[0]
-        sentence = speech.status_sentence(latest["taskId"], latest.get("status", "unknown"),
-                                          latest.get("content") if latest.get("status") != "pending" else None,
-                                          None)
+        sentence = speech.status_sentence(
+            latest["taskId"],
+            latest.get("status", "unknown"),
+            latest.get("content") if latest.get("status") != "pending" else None,
+            None,
+        )
         return {"success": True, "tasks": tasks, "message": sentence}

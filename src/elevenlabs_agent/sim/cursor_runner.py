@@ -30,18 +30,45 @@ def _now() -> str:
 def callback_body(kind: CallbackKind, request_id: str, prompt: str = "") -> dict[str, Any]:
     """The body cursor-runner POSTs for each outcome."""
     if kind == "completion":
-        return {"success": True, "requestId": request_id, "repository": "demo-repo",
-                "command": ["cursor-agent", "--print", prompt[:40]], "output": f"Done: {prompt[:80]}\nAll tests pass.",
-                "error": None, "exitCode": 0, "duration": "1234ms", "timestamp": _now(), "branchName": "main"}
+        return {
+            "success": True,
+            "requestId": request_id,
+            "repository": "demo-repo",
+            "command": ["cursor-agent", "--print", prompt[:40]],
+            "output": f"Done: {prompt[:80]}\nAll tests pass.",
+            "error": None,
+            "exitCode": 0,
+            "duration": "1234ms",
+            "timestamp": _now(),
+            "branchName": "main",
+        }
     if kind == "nonzero_exit":
-        return {"success": True, "requestId": request_id, "repository": "demo-repo",
-                "command": ["cursor-agent", "--print"], "output": "partial output",
-                "error": "fatal: tests failed", "exitCode": 2, "duration": "987ms", "timestamp": _now()}
+        return {
+            "success": True,
+            "requestId": request_id,
+            "repository": "demo-repo",
+            "command": ["cursor-agent", "--print"],
+            "output": "partial output",
+            "error": "fatal: tests failed",
+            "exitCode": 2,
+            "duration": "987ms",
+            "timestamp": _now(),
+        }
     if kind == "validation_error":
-        return {"success": False, "requestId": request_id, "error": "repository 'nope' not found",
-                "exitCode": 1, "output": "", "timestamp": _now()}
-    return {"success": False, "requestId": request_id, "error": "cursor-agent crashed: out of memory",
-            "timestamp": _now()}
+        return {
+            "success": False,
+            "requestId": request_id,
+            "error": "repository 'nope' not found",
+            "exitCode": 1,
+            "output": "",
+            "timestamp": _now(),
+        }
+    return {
+        "success": False,
+        "requestId": request_id,
+        "error": "cursor-agent crashed: out of memory",
+        "timestamp": _now(),
+    }
 
 
 @dataclass
@@ -59,10 +86,12 @@ class FakeCursorRunner:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/cursor/execute/async", self._execute, methods=["POST"]),
-            Route("/health", self._health),
-        ])
+        return Starlette(
+            routes=[
+                Route("/cursor/execute/async", self._execute, methods=["POST"]),
+                Route("/health", self._health),
+            ]
+        )
 
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -83,8 +112,9 @@ class FakeCursorRunner:
                 task = asyncio.create_task(self._send_callbacks(body, self.callback_delay))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        return JSONResponse({"success": True, "message": "Request queued", "requestId": body["id"],
-                             "timestamp": _now()})
+        return JSONResponse(
+            {"success": True, "message": "Request queued", "requestId": body["id"], "timestamp": _now()}
+        )
 
     async def _send_callbacks(self, request: dict[str, Any], delay: float) -> None:
         await asyncio.sleep(delay)

@@ -47,11 +47,13 @@ class FakeElevenLabs:
     signed_url_requests: int = 0
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/convai/conversation/get-signed-url", self._signed_url),
-            WebSocketRoute("/v1/convai/conversation", self._conversation),
-            WebSocketRoute("/push/{conversation_id}", self._push),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/convai/conversation/get-signed-url", self._signed_url),
+                WebSocketRoute("/v1/convai/conversation", self._conversation),
+                WebSocketRoute("/push/{conversation_id}", self._push),
+            ]
+        )
 
     async def _signed_url(self, request: Request) -> Response:
         self.signed_url_requests += 1
@@ -69,10 +71,14 @@ class FakeElevenLabs:
         self.conversation_opens += 1
         conversation = SimConversation("conv_" + secrets.token_hex(8), ws.query_params.get("agent_id", ""))
         self.conversations[conversation.conversation_id] = conversation
-        await ws.send_text(orjson.dumps({
-            "type": "conversation_initiation_metadata",
-            "conversation_initiation_metadata_event": {"conversation_id": conversation.conversation_id},
-        }).decode())
+        await ws.send_text(
+            orjson.dumps(
+                {
+                    "type": "conversation_initiation_metadata",
+                    "conversation_initiation_metadata_event": {"conversation_id": conversation.conversation_id},
+                }
+            ).decode()
+        )
         try:
             while True:
                 conversation.frames.append(orjson.loads(await ws.receive_text()))

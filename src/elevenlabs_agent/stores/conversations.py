@@ -13,7 +13,7 @@ index behind the newest-first listing. Both are persistent: conversations are th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -113,8 +113,7 @@ class ConversationStore:
         self._create = redis.register_script(_CREATE)
         self._upsert = redis.register_script(_UPSERT_MESSAGE)
 
-    async def create(self, conversation_id: str, *, now: str, agent_id: str | None,
-                     metadata: dict[str, Any]) -> bool:
+    async def create(self, conversation_id: str, *, now: str, agent_id: str | None, metadata: dict[str, Any]) -> bool:
         """Create a conversation; False if one with this id already exists (it is left untouched)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             await self._create(
@@ -170,7 +169,7 @@ class ConversationStore:
         return bool(await self.redis.exists(key(conversation_id)))
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        h: dict[str, str] = await self.redis.hgetall(key(conversation_id))  # type: ignore[misc]
+        h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))
         return Conversation.from_hash(h) if h else None
 
     async def list(self, *, offset: int, limit: int) -> tuple[list[Conversation], int]:

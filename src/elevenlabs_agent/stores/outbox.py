@@ -13,7 +13,7 @@ results also stay in the conversation history for good.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -84,8 +84,7 @@ class Outbox:
         self.maxlen = maxlen
         self._publish = redis.register_script(_PUBLISH)
 
-    async def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str,
-                            data: dict[str, Any]) -> None:
+    async def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
         await self._publish(
             keys=[stream_key(conversation_id), pending_key(conversation_id)],
             args=[task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],
@@ -94,7 +93,7 @@ class Outbox:
 
     async def pending(self, conversation_id: str) -> list[Event]:
         """Undelivered results, oldest first."""
-        raw: dict[str, str] = await self.redis.hgetall(pending_key(conversation_id))  # type: ignore[misc]
+        raw = cast(dict[str, str], await self.redis.hgetall(pending_key(conversation_id)))
         return _pending_events(raw)
 
     async def snapshot(self, conversation_id: str) -> tuple[list[Event], str]:
@@ -107,15 +106,14 @@ class Outbox:
 
     async def read_after(self, conversation_id: str, after_id: str, count: int = 100) -> list[Event]:
         entries = await self.redis.xrange(stream_key(conversation_id), min="(" + after_id, count=count)
-        return [_event(entry_id, fields) for entry_id, fields in entries]
+        return [_event(entry_id, fields) for entry_id, fields in cast(list[tuple[str, dict[str, str]]], entries)]
 
     async def wait_after(self, conversation_id: str, after_id: str, block_ms: int) -> list[Event]:
         """Block until events newer than `after_id` arrive, or `block_ms` passes."""
-        reply = await self.blocking_redis.xread({stream_key(conversation_id): after_id}, block=block_ms,
-                                                count=100)
+        reply = await self.blocking_redis.xread({stream_key(conversation_id): after_id}, block=block_ms, count=100)
         if not reply:
             return []
-        _, entries = reply[0]
+        _, entries = cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], reply)[0]
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     async def ack(self, conversation_id: str, task_ids: list[str]) -> list[str]:

@@ -9,6 +9,8 @@ cannot erase what a webhook wrote concurrently.
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -44,5 +46,5 @@ class SessionStore:
         )
 
     async def get(self, conversation_id: str) -> dict[str, str] | None:
-        h: dict[str, str] = await self.redis.hgetall(key(conversation_id))  # type: ignore[misc]
+        h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))
         return h or None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -177,7 +177,14 @@ class TaskStore:
         """Record a callback's result atomically: auth check, idempotency and the write in one step."""
         reply = await self._complete(
             keys=[key(task_id)],
-            args=[token_hash, "1" if shared_secret_ok else "0", status, orjson.dumps(result).decode(), now, summary],
+            args=[
+                token_hash,
+                "1" if shared_secret_ok else "0",
+                status,
+                orjson.dumps(result).decode(),
+                now,
+                summary,
+            ],
         )
         outcome = reply[0]
         if outcome == "accepted":
@@ -200,7 +207,7 @@ class TaskStore:
         )
 
     async def get(self, task_id: str) -> Task | None:
-        h = await self.redis.hgetall(key(task_id))
+        h = cast(dict[str, str], await self.redis.hgetall(key(task_id)))
         return Task.from_hash(h) if h else None
 
     async def get_many(self, task_ids: list[str]) -> list[Task]:

@@ -1,0 +1,178 @@
+"""Test fixtures: a real redis-server, loopback fakes of ElevenLabs and cursor-runner, and the real
+service on a loopback port, all driven over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+import websockets
+from pydantic import SecretStr
+
+from elevenlabs_agent import logging as agent_logging
+from elevenlabs_agent.http.app import create_app
+from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
+from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
+from elevenlabs_agent.sim.server import LocalServer
+
+AGENT_ID = "agent_test"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client on the suite's Redis, emptied before each test (restarted first if a test stopped it)."""
+    if not redis_server.running:
+        redis_server.start()
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class Stack:
+    """The service under test and its loopback neighbours."""
+
+    settings: Settings
+    service: LocalServer
+    http: httpx.AsyncClient
+    runner: FakeCursorRunner
+    elevenlabs: FakeElevenLabs
+    elevenlabs_server: LocalServer
+    redis: aioredis.Redis
+    webhook_secret: str
+    runner_secret: str
+    api_key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"X-Webhook-Secret": self.webhook_secret}
+
+    async def create_conversation(self, **body: Any) -> str:
+        response = await self.http.post("/agent-conversations/api/new", json=body)
+        assert response.status_code == 201, response.text
+        conversation_id: str = response.json()["conversationId"]
+        return conversation_id
+
+    async def open_voice_session(self) -> tuple[Any, str, str]:
+        """Do what the browser does: get a signed URL and open the ElevenLabs conversation socket."""
+        signed = (await self.http.get("/signed-url", params={"agentId": AGENT_ID})).json()["signedUrl"]
+        ws = await websockets.connect(signed)
+        hello = orjson.loads(await ws.recv())
+        return ws, signed, hello["conversation_initiation_metadata_event"]["conversation_id"]
+
+    async def register(
+        self, conversation_id: str, eleven_id: str, *, push: bool = True, session_url: str | None = None
+    ) -> httpx.Response:
+        body: dict[str, Any] = {
+            "sessionUrl": session_url or f"{self.elevenlabs_server.ws_url}/v1/convai/conversation?agent_id=x",
+            "transport": "websocket",
+            "metadata": {"agentId": AGENT_ID, "elevenConversationId": eleven_id},
+        }
+        if push:
+            body["pushUrl"] = f"{self.elevenlabs_server.ws_url}/push/{eleven_id}"
+        return await self.http.post(f"/agent-conversations/api/{conversation_id}/session", json=body)
+
+    async def live_conversation(self, *, push: bool = True) -> tuple[str, str, Any]:
+        """A conversation with a registered live session: (our id, ElevenLabs id, voice socket)."""
+        conversation_id = await self.create_conversation(agentId=AGENT_ID)
+        ws, _, eleven_id = await self.open_voice_session()
+        response = await self.register(conversation_id, eleven_id, push=push)
+        assert response.status_code == 200, response.text
+        return conversation_id, eleven_id, ws
+
+    async def call_tool(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None, path: str = "/agent-tools"
+    ) -> httpx.Response:
+        return await self.http.post(path, json=body, headers=self.auth if headers is None else headers)
+
+    async def task(self, task_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(f"cursor_task:{task_id}")  # type: ignore[no-any-return]
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def make_stack(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIterator[StackFactory]:
+    """Start a stack; keyword arguments override Settings fields (e.g. dispatch_timeout_seconds=0.5)."""
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def factory(**overrides: Any) -> Stack:
+            webhook_secret = "whsec-" + secrets.token_urlsafe(24)
+            runner_secret = "crsec-" + secrets.token_urlsafe(24)
+            api_key = "xi-" + secrets.token_urlsafe(24)
+            elevenlabs = FakeElevenLabs(api_key=api_key)
+            runner = FakeCursorRunner(secret=runner_secret)
+            el_server = await exits.enter_async_context(LocalServer(elevenlabs.app()))
+            elevenlabs.base_ws_url = el_server.ws_url
+            runner_server = await exits.enter_async_context(LocalServer(runner.app()))
+            service = LocalServer()
+            fields: dict[str, Any] = {
+                "elevenlabs_agent_enabled": True,
+                "redis_url": redis_server.url,
+                "webhook_secret": SecretStr(webhook_secret),
+                "elevenlabs_api_key": SecretStr(api_key),
+                "elevenlabs_agent_id": AGENT_ID,
+                "elevenlabs_api_url": el_server.url,
+                "cursor_runner_url": runner_server.url,
+                "cursor_runner_secret": SecretStr(runner_secret),
+                "session_url_hosts": ("127.0.0.1",),
+                "elevenlabs_agent_url": service.url,
+                "dispatch_timeout_seconds": 2.0,
+                "push_timeout_seconds": 2.0,
+                "sse_keepalive_seconds": 1.0,
+                "log_level": "debug",
+            }
+            fields.update(overrides)
+            settings = Settings(**fields)
+            agent_logging.configure(settings.log_level, settings.secret_values)
+            service.app = create_app(settings, redis_server.url)
+            await exits.enter_async_context(service)
+            http = await exits.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=15))
+            return Stack(
+                settings, service, http, runner, elevenlabs, el_server, redis, webhook_secret, runner_secret, api_key
+            )
+
+        yield factory
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Stack:
+    return await make_stack()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait until `check()` is true (polling); fail the test if it never becomes true."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
