@@ -146,7 +146,7 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncI
             fields.update(overrides)
             settings = Settings(**fields)
             agent_logging.configure(settings.log_level, settings.secret_values)
-            service.app = create_app(settings, redis_server.url)
+            service.app = create_app(settings, settings.redis_url or redis_server.url)
             await exits.enter_async_context(service)
             http = await exits.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=15))
             return Stack(

@@ -129,10 +129,10 @@ class CallbackService:
             "completedAt": now,
         }
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            await self.conversations.queue_upsert_message(
+            self.conversations.queue_upsert_message(
                 pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
             )
-            await self.outbox.queue_publish(pipe, conversation_id, task_id, event)
+            self.outbox.queue_publish(pipe, conversation_id, task_id, event)
             await pipe.execute()
         if callback.failed:
             log.info(

@@ -189,7 +189,7 @@ class ConversationService:
         if expires_at is not None:
             fields["expiresAt"] = str(expires_at)
         async with self.sessions.redis.pipeline(transaction=False) as pipe:
-            await self.sessions.queue_register(pipe, conversation_id, fields)
+            self.sessions.queue_register(pipe, conversation_id, fields)
             for alias in aliases:
                 self.aliases.queue_set(pipe, alias, conversation_id)
             await pipe.execute()

@@ -108,7 +108,7 @@ class DeliveryService:
             now = now_iso()
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
                 for task_id in removed:
-                    await self.tasks.queue_mark_delivered(pipe, task_id, via, now)
+                    self.tasks.queue_mark_delivered(pipe, task_id, via, now)
                 await pipe.execute()
         return removed
 

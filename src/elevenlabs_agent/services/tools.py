@@ -142,7 +142,7 @@ class ToolService:
         }
         # One round trip: the task must exist before cursor-runner can possibly call back.
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            await self.tasks.queue_create(
+            self.tasks.queue_create(
                 pipe,
                 task_id=task_id,
                 conversation_id=conversation_id,
@@ -152,10 +152,10 @@ class ToolService:
                 token_hash=hash_token(token),
                 now=now,
             )
-            await self.conversations.queue_upsert_message(
+            self.conversations.queue_upsert_message(
                 pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
             )
-            await self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
+            self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
             await pipe.execute()
         log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
 
@@ -199,7 +199,7 @@ class ToolService:
                 "timestamp": now_iso(),
             }
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
-                await self.conversations.queue_upsert_message(
+                self.conversations.queue_upsert_message(
                     pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
                 )
                 await pipe.execute()

@@ -19,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from elevenlabs_agent.stores import lua
 from elevenlabs_agent.timeutil import parse_iso
 
 KEY_PREFIX = "elevenlabs:conversation:"
@@ -110,22 +111,21 @@ class ConversationStore:
     def __init__(self, redis: Redis, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.redis = redis
         self.max_messages = max_messages
-        self._create = redis.register_script(_CREATE)
-        self._upsert = redis.register_script(_UPSERT_MESSAGE)
 
     async def create(self, conversation_id: str, *, now: str, agent_id: str | None, metadata: dict[str, Any]) -> bool:
         """Create a conversation; False if one with this id already exists (it is left untouched)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._create(
-                keys=[key(conversation_id)],
-                args=[now, conversation_id, agent_id or "", orjson.dumps(metadata).decode()],
-                client=pipe,
+            lua.queue_eval(
+                pipe,
+                _CREATE,
+                [key(conversation_id)],
+                [now, conversation_id, agent_id or "", orjson.dumps(metadata).decode()],
             )
             pipe.zadd(INDEX_KEY, {conversation_id: _score(now)}, nx=True)
             created, _ = await pipe.execute()
         return bool(created)
 
-    async def queue_upsert_message(
+    def queue_upsert_message(
         self,
         pipe: Pipeline,
         conversation_id: str,
@@ -141,9 +141,11 @@ class ConversationStore:
         With `create`, a missing conversation is created (and indexed) on the fly: a tool webhook may
         name a conversation the browser never created here, and its result must still be kept.
         """
-        await self._upsert(
-            keys=[key(conversation_id)],
-            args=[
+        lua.queue_eval(
+            pipe,
+            _UPSERT_MESSAGE,
+            [key(conversation_id)],
+            [
                 now,
                 conversation_id,
                 orjson.dumps(message).decode(),
@@ -151,7 +153,6 @@ class ConversationStore:
                 self.max_messages if capped else 0,
                 "1" if create else "0",
             ],
-            client=pipe,
         )
         if create:
             pipe.zadd(INDEX_KEY, {conversation_id: _score(now)}, nx=True)
@@ -159,7 +160,7 @@ class ConversationStore:
     async def append_message(self, conversation_id: str, message: dict[str, Any], now: str) -> bool:
         """Append a client message; False if the conversation does not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.queue_upsert_message(pipe, conversation_id, message, now=now)
+            self.queue_upsert_message(pipe, conversation_id, message, now=now)
             (field,) = await pipe.execute()
         if field == "":
             raise ConversationFull(conversation_id)

@@ -19,6 +19,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from elevenlabs_agent.stores import lua
+
 STREAM_PREFIX = "elevenlabs:events:"
 PENDING_PREFIX = "elevenlabs:pending:"
 STREAM_SCAN_PATTERN = STREAM_PREFIX + "*"
@@ -82,13 +84,13 @@ class Outbox:
         self.blocking_redis = blocking_redis
         self.ttl = ttl
         self.maxlen = maxlen
-        self._publish = redis.register_script(_PUBLISH)
 
-    async def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
-        await self._publish(
-            keys=[stream_key(conversation_id), pending_key(conversation_id)],
-            args=[task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],
-            client=pipe,
+    def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
+        lua.queue_eval(
+            pipe,
+            _PUBLISH,
+            [stream_key(conversation_id), pending_key(conversation_id)],
+            [task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],
         )
 
     async def pending(self, conversation_id: str) -> list[Event]:

@@ -30,20 +30,16 @@ class SessionStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._register = redis.register_script(lua.HSET_WITH_TTL)
-        self._set_if_exists = redis.register_script(lua.HSET_IF_EXISTS)
 
-    async def queue_register(self, pipe: Pipeline, conversation_id: str, fields: dict[str, str]) -> None:
+    def queue_register(self, pipe: Pipeline, conversation_id: str, fields: dict[str, str]) -> None:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        await self._register(keys=[key(conversation_id)], args=args, client=pipe)
+        lua.queue_eval(pipe, lua.HSET_WITH_TTL, [key(conversation_id)], args)
 
-    async def queue_note_task(self, pipe: Pipeline, conversation_id: str, task_id: str, now: str) -> None:
+    def queue_note_task(self, pipe: Pipeline, conversation_id: str, task_id: str, now: str) -> None:
         """Record the latest tool call on a live session; a no-op when none is live."""
-        await self._set_if_exists(
-            keys=[key(conversation_id)], args=["lastTaskId", task_id, "lastToolCallAt", now], client=pipe
-        )
+        lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(conversation_id)], ["lastTaskId", task_id, "lastToolCallAt", now])
 
     async def get(self, conversation_id: str) -> dict[str, str] | None:
         h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))

@@ -126,12 +126,10 @@ class TaskStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._create = redis.register_script(lua.HSET_WITH_TTL)
-        self._set_if_exists = redis.register_script(lua.HSET_IF_EXISTS)
         self._complete = redis.register_script(_COMPLETE)
         self._fail_dispatch = redis.register_script(_FAIL_DISPATCH)
 
-    async def queue_create(
+    def queue_create(
         self,
         pipe: Pipeline,
         *,
@@ -157,7 +155,7 @@ class TaskStore:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        await self._create(keys=[key(task_id)], args=args, client=pipe)
+        lua.queue_eval(pipe, lua.HSET_WITH_TTL, [key(task_id)], args)
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
@@ -199,11 +197,9 @@ class TaskStore:
             return Completion("duplicate", previous_status=reply[1])
         return Completion("unknown" if outcome == "unknown" else "unauthorized")
 
-    async def queue_mark_delivered(self, pipe: Pipeline, task_id: str, via: str, now: str) -> None:
-        await self._set_if_exists(
-            keys=[key(task_id)],
-            args=["delivery", "delivered", "deliveredAt", now, "deliveredVia", via],
-            client=pipe,
+    def queue_mark_delivered(self, pipe: Pipeline, task_id: str, via: str, now: str) -> None:
+        lua.queue_eval(
+            pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["delivery", "delivered", "deliveredAt", now, "deliveredVia", via]
         )
 
     async def get(self, task_id: str) -> Task | None:

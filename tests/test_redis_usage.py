@@ -1,0 +1,74 @@
+"""How the service uses Redis: round trips on the hot paths, and never a KEYS command."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
+from tests.conftest import Stack, StackFactory, eventually
+from tests.redis_proxy import RoundTripProxy
+
+
+@pytest.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[RoundTripProxy]:
+    p = RoundTripProxy(redis_server.port)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def _task_and_callback(stack: Stack, eleven_id: str) -> tuple[str, str, str]:
+    stack.runner.callback_kind = "none"
+    reply = (await stack.call_tool({"conversation_id": eleven_id, "prompt": "p"})).json()
+    url, secret = split_secret(stack.runner.received[-1]["callbackUrl"])
+    assert secret is not None
+    return reply["taskId"], url, secret
+
+
+async def test_round_trips_on_webhook_and_callback_paths(make_stack: StackFactory, proxy: RoundTripProxy) -> None:
+    stack = await make_stack(redis_url=proxy.url)
+    # The stack's app connects to the suite's Redis by default; this one must go through the proxy.
+    assert stack.settings.redis_url == proxy.url
+    conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
+    # Warm up: connection pool and script cache (the first EVALSHA after a Redis start loads it).
+    task_id, url, secret = await _task_and_callback(stack, eleven_id)
+    await stack.http.post(url, json=callback_body("completion", task_id), headers={"X-Webhook-Secret": secret})
+    await eventually(lambda: _no_delivery_in_flight(stack))
+
+    proxy.reset()
+    task_id, url, secret = await _task_and_callback(stack, eleven_id)
+    webhook_round_trips = proxy.round_trips
+    assert proxy.command_names() == ["GET", "EVAL", "EVAL", "ZADD", "EVAL"]
+
+    proxy.reset()
+    response = await stack.http.post(
+        url, json=callback_body("completion", task_id), headers={"X-Webhook-Secret": secret}
+    )
+    assert response.status_code == 200
+    await eventually(lambda: _no_delivery_in_flight(stack))
+    assert await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
+    callback_round_trips = proxy.round_trips
+    print(f"redis round trips: /agent-tools={webhook_round_trips} /callback={callback_round_trips}")
+    # /agent-tools: resolve the ElevenLabs id (1), record task + pending message (1).
+    assert webhook_round_trips == 2
+    # /callback: the atomic task transition (1), message + publish (1), then delivery looks up the
+    # session (1), after the response.
+    assert callback_round_trips == 3
+    assert "KEYS" not in proxy.command_names()
+    await voice.close()
+
+
+async def _no_delivery_in_flight(stack: Stack) -> bool:
+    assert stack.service.app is not None
+    return bool(stack.service.app.state.runtime.delivery.inflight == 0)
+
+
+def test_source_never_uses_keys_command(repo_root: Path) -> None:
+    for path in (repo_root / "src").rglob("*.py"):
+        text = path.read_text()
+        assert ".keys(" not in text.replace("self._redis.keys", ""), path
+        assert "'KEYS'" not in text and '"KEYS"' not in text, path
