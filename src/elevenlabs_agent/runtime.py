@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
@@ -25,16 +25,22 @@ from elevenlabs_agent.stores.tasks import TaskStore
 
 
 def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
-    """A Redis client. Every write the service makes is idempotent, so redis-py's retries are safe."""
-    return Redis.from_url(
+    """A Redis client. Every write the service makes is idempotent, so redis-py's retries are safe.
+
+    The pool makes callers wait (up to `timeout`) for a free connection under bursts instead of
+    failing at once with "too many connections".
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=timeout,
         # A blocking XREAD legitimately waits longer than any command timeout.
         socket_timeout=None if blocking else timeout,
         health_check_interval=15,
-        max_connections=10_000 if blocking else 512,
+        max_connections=10_000 if blocking else 256,
+        timeout=timeout,
     )
+    return Redis.from_pool(pool)
 
 
 @dataclass
