@@ -1,15 +1,29 @@
-"""The `elevenlabs-agent` command line (SPEC §7)."""
+"""The `elevenlabs-agent` command line (SPEC §7).
+
+Every command that talks to Redis takes `--redis-url` (default: REDIS_URL), prints a table by
+default and JSON with `--json`, and exits non-zero with one clear line on error.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+import orjson
 from pydantic import ValidationError
 
 from elevenlabs_agent import __version__
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.settings import Settings
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -18,6 +32,86 @@ def _settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise click.ClickException(f"invalid configuration: {problems}") from None
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from elevenlabs_agent.ops.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+redis_url_option = click.option(
+    "--redis-url", envvar="REDIS_URL", help="Redis URL (default: $REDIS_URL).", metavar="URL"
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(redis)` against Redis, turning connection trouble into one clear line."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    if not redis_url:
+        raise click.ClickException("no Redis to talk to: pass --redis-url or set REDIS_URL")
+
+    async def main() -> T:
+        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
+        try:
+            return await work(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(main())
+    except RedisError as exc:
+        raise click.ClickException(f"Redis error: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach Redis: {exc}") from None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped into a file or grep: do not squeeze columns to 80 characters
+        console = Console(width=200)
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[Any], None] | None]:
+    """A live progress line on a terminal; nothing when output goes to a pipe or file."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(label)
+
+        def update(report: Any) -> None:
+            d = report.as_dict()
+            counts = ", ".join(f"{k} {v}" for k, v in d.items() if isinstance(v, int) and not isinstance(v, bool))
+            bar.update(task, description=f"{label}: {counts}")
+
+        yield update
 
 
 @click.group()
@@ -40,9 +134,271 @@ def serve() -> None:
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the result.")
 def demo(timeout: float) -> None:
     """One full round trip on this machine with no outside service; exit 0 on success."""
-    import asyncio
-
     from elevenlabs_agent.demo import run_demo
 
     ok = asyncio.run(run_demo(timeout, echo=click.echo))
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option(
+    "--url",
+    default=lambda: f"http://127.0.0.1:{os.environ.get('PORT', '3004')}",
+    show_default="local PORT",
+    help="Base URL of the instance.",
+)
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds before giving up.")
+@json_option
+def health(url: str, timeout: float, as_json: bool) -> None:
+    """Probe a running instance: exit 0 when it is ready (Redis answers, not draining), else 1."""
+    import httpx
+
+    base = url.rstrip("/")
+    try:
+        ready = httpx.get(base + "/ready", timeout=timeout)
+        body = ready.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        body, healthy, line = (
+            {"error": type(exc).__name__},
+            False,
+            f"unhealthy: {base} did not answer ({type(exc).__name__})",
+        )
+    else:
+        healthy = ready.status_code == 200
+        redis_check = body.get("checks", {}).get("redis:ping", [{}])[0]
+        draining = body.get("checks", {}).get("service:draining", [{}])[0].get("observedValue")
+        line = (
+            f"{'healthy' if healthy else 'unhealthy'}: {base} ready={ready.status_code} "
+            f"redis={redis_check.get('status')} ({redis_check.get('observedValue')} ms) draining={draining}"
+        )
+    if as_json:
+        _print_json({"healthy": healthy, "url": base, "ready": body})
+    else:
+        click.echo(line)
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@redis_url_option
+@json_option
+def stats(redis_url: str | None, as_json: bool) -> None:
+    """Counts, TTL-less keys and estimated memory per key family; stuck task counts."""
+    from elevenlabs_agent.ops.inspect import all_stats
+
+    families = [s.as_dict() for s in _run(redis_url, all_stats)]
+    if as_json:
+        _print_json(families)
+        return
+    _table(
+        "elevenlabs-agent keys",
+        ["family", "pattern", "keys", "without TTL", "memory (est.)", "notes"],
+        [
+            [
+                f["family"],
+                f["pattern"],
+                f["count"],
+                f["withoutTtl"],
+                f"{f['memoryBytesEstimate']:,} B",
+                " ".join(f"{k}={v}" for k, v in f.items() if k in ("byStatus", "oldestPendingSeconds", "stuckPending")),
+            ]
+            for f in families
+        ],
+    )
+
+
+def _task_notes(stats: dict[str, Any]) -> str:
+    from elevenlabs_agent.ops.durations import format_duration
+
+    if "byStatus" not in stats:
+        return ""
+    counts = " ".join(f"{k}={v}" for k, v in sorted(stats["byStatus"].items()))
+    return f"{counts}; oldest pending {format_duration(stats['oldestPendingSeconds'])}; stuck {stats['stuckPending']}"
+
+
+def _list(name: str, redis_url: str | None, as_json: bool, columns: list[str], **filters: Any) -> None:
+    from elevenlabs_agent.ops.durations import format_duration
+    from elevenlabs_agent.ops.inspect import list_family
+
+    rows = _run(redis_url, lambda redis: list_family(redis, name, **filters))
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        f"{name} ({len(rows)} shown, oldest first)",
+        [*columns, "age", "ttl"],
+        [
+            [
+                *(r.get(c) for c in columns),
+                format_duration(r["ageSeconds"]) if r["ageSeconds"] is not None else "?",
+                "none" if r["ttlSeconds"] == -1 else format_duration(r["ttlSeconds"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+older_than_option = click.option("--older-than", callback=_duration, metavar="DUR", help="e.g. 30m, 24h, 7d.")
+limit_option = click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+
+
+@main.group()
+def sessions() -> None:
+    """Live session registrations (elevenlabs:session:*)."""
+
+
+@sessions.command("list")
+@redis_url_option
+@json_option
+@older_than_option
+@limit_option
+def sessions_list(redis_url: str | None, as_json: bool, older_than: float | None, limit: int) -> None:
+    """List live sessions."""
+    _list(
+        "sessions",
+        redis_url,
+        as_json,
+        ["conversationId", "sessionId", "transport", "lastTaskId"],
+        older_than=older_than,
+        limit=limit,
+    )
+
+
+@main.group()
+def tasks() -> None:
+    """Dispatched tasks (cursor_task:*)."""
+
+
+@tasks.command("list")
+@redis_url_option
+@json_option
+@click.option("--status", type=click.Choice(["pending", "completed", "failed"]))
+@older_than_option
+@limit_option
+def tasks_list(redis_url: str | None, as_json: bool, status: str | None, older_than: float | None, limit: int) -> None:
+    """List tasks, e.g. the stuck ones: --status pending --older-than 24h."""
+    _list(
+        "tasks",
+        redis_url,
+        as_json,
+        ["taskId", "conversationId", "status", "delivery"],
+        status=status,
+        older_than=older_than,
+        limit=limit,
+    )
+
+
+@main.group()
+def conversations() -> None:
+    """Conversations (elevenlabs:conversation:*), persistent."""
+
+
+@conversations.command("list")
+@redis_url_option
+@json_option
+@limit_option
+def conversations_list(redis_url: str | None, as_json: bool, limit: int) -> None:
+    """List conversations."""
+    _list("conversations", redis_url, as_json, ["conversationId", "agentId", "seq", "lastAccessedAt"], limit=limit)
+
+
+def _purge(
+    name: str,
+    redis_url: str | None,
+    as_json: bool,
+    older_than: float,
+    status: str | None,
+    backup: Path | None,
+    yes: bool,
+) -> None:
+    from elevenlabs_agent.ops.purge import PurgeFilter, purge
+    from elevenlabs_agent.stores import family
+    from elevenlabs_agent.stores.locks import LockBusy
+
+    if yes and backup is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        backup = Path(f"elevenlabs-agent-backup-{name}-{stamp}.jsonl")
+    flt = PurgeFilter(older_than=older_than, status=status)
+    with _progress(f"purging {name}" if yes else f"scanning {name}") as progress:
+        try:
+            report = _run(
+                redis_url, lambda redis: purge(redis, family(name), flt, execute=yes, backup=backup, progress=progress)
+            )
+        except LockBusy as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    if yes:
+        click.echo(
+            f"deleted {report.deleted} of {report.matched} matching {name} keys ({report.scanned} scanned); "
+            f"backup: {report.backup}"
+        )
+    else:
+        click.echo(
+            f"dry run: {report.matched} of {report.scanned} {name} keys would be deleted; "
+            "re-run with --yes to back them up and delete them"
+        )
+
+
+def _purge_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--yes", is_flag=True, help="Really delete (after writing the backup).")(command)
+    command = click.option(
+        "--backup",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Backup file (JSON lines); default: ./elevenlabs-agent-backup-<family>-<time>.jsonl",
+    )(command)
+    command = click.option(
+        "--older-than",
+        callback=_duration,
+        required=True,
+        metavar="DUR",
+        help="Only keys at least this old, e.g. 24h (0s = all).",
+    )(command)
+    return json_option(redis_url_option(command))
+
+
+@tasks.command("purge")
+@_purge_options
+@click.option("--status", type=click.Choice(["pending", "completed", "failed"]))
+def tasks_purge(
+    redis_url: str | None, as_json: bool, older_than: float, status: str | None, backup: Path | None, yes: bool
+) -> None:
+    """Delete stuck tasks: dry run unless --yes; backup first."""
+    _purge("tasks", redis_url, as_json, older_than, status, backup, yes)
+
+
+@sessions.command("purge")
+@_purge_options
+def sessions_purge(redis_url: str | None, as_json: bool, older_than: float, backup: Path | None, yes: bool) -> None:
+    """Delete stuck session registrations: dry run unless --yes; backup first."""
+    _purge("sessions", redis_url, as_json, older_than, None, backup, yes)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@redis_url_option
+@json_option
+@click.option("--yes", is_flag=True, help="Really write (otherwise a dry run).")
+@click.option("--force", is_flag=True, help="Overwrite keys that exist.")
+def restore(file: Path, redis_url: str | None, as_json: bool, yes: bool, force: bool) -> None:
+    """Put back what a backup holds, with its recorded remaining TTLs."""
+    from elevenlabs_agent.ops.restore import BackupFormatError
+    from elevenlabs_agent.ops.restore import restore as do_restore
+
+    with _progress("restoring" if yes else "checking") as progress:
+        try:
+            report = _run(redis_url, lambda redis: do_restore(redis, file, execute=yes, force=force, progress=progress))
+        except BackupFormatError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(report.as_dict())
+    elif yes:
+        click.echo(
+            f"restored {report.restored} of {report.read} keys; {report.skipped_existing} existed and were left alone"
+        )
+    else:
+        click.echo(
+            f"dry run: {report.restored} of {report.read} keys would be restored, "
+            f"{report.skipped_existing} exist already (use --force to overwrite); re-run with --yes"
+        )

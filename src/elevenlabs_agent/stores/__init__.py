@@ -6,7 +6,7 @@ can never drift from what the service writes.
 
 from dataclasses import dataclass
 
-from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
+from elevenlabs_agent.stores import aliases, conversations, locks, outbox, sessions, tasks
 
 
 @dataclass(frozen=True)
@@ -26,4 +26,9 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("aliases", aliases.SCAN_PATTERN, "string", aliases.DEFAULT_TTL, aliases.HOLDS),
     KeyFamily("event_streams", outbox.STREAM_SCAN_PATTERN, "stream", outbox.DEFAULT_TTL, outbox.STREAM_HOLDS),
     KeyFamily("pending_results", outbox.PENDING_SCAN_PATTERN, "hash", outbox.DEFAULT_TTL, outbox.PENDING_HOLDS),
+    KeyFamily("locks", locks.SCAN_PATTERN, "string", locks.DEFAULT_TTL, locks.HOLDS),
 )
+
+
+def family(name: str) -> KeyFamily:
+    return next(f for f in KEY_FAMILIES if f.name == name)
