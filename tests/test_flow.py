@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tests.conftest import Stack
+from tests.conftest import Stack, eventually
 
 
 async def test_tool_call_dispatches_and_result_reaches_live_conversation(stack: Stack) -> None:
@@ -32,6 +32,10 @@ async def test_tool_call_dispatches_and_result_reaches_live_conversation(stack: 
     assert "finished successfully" in updates[0]["text"]
     assert stack.runner.callbacks[0][0] == 200
 
+    async def delivered() -> bool:
+        return (await stack.task(task_id)).get("delivery") == "delivered"
+
+    await eventually(delivered)  # confirmed after the push socket closed cleanly
     task = await stack.task(task_id)
     assert task["status"] == "completed"
     assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket"

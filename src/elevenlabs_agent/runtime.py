@@ -7,6 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
@@ -39,6 +42,9 @@ def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
         health_check_interval=15,
         max_connections=10_000 if blocking else 256,
         timeout=timeout,
+        # After a Redis restart every pooled connection is dead: retry once on a fresh one instead of
+        # failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 
