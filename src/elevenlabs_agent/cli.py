@@ -209,6 +209,8 @@ def stats(redis_url: str | None, as_json: bool) -> None:
 def _task_notes(stats: dict[str, Any]) -> str:
     from elevenlabs_agent.ops.durations import format_duration
 
+    if "resultsWaiting" in stats:
+        return f"waiting {stats['resultsWaiting']}, oldest {format_duration(stats['oldestWaitingSeconds'])}"
     if "byStatus" not in stats:
         return ""
     counts = " ".join(f"{k}={v}" for k, v in sorted(stats["byStatus"].items()))

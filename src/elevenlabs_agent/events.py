@@ -16,6 +16,7 @@ HTTP_REQUEST: Final = "http.request"
 HTTP_BAD_REQUEST: Final = "http.bad_request"
 HTTP_UNHANDLED_ERROR: Final = "http.unhandled_error"
 REDIS_UNAVAILABLE: Final = "redis.unavailable"
+KEYSPACE_SCAN_FAILED: Final = "metrics.keyspace_scan_failed"
 
 # tool webhook (ElevenLabs -> us)
 WEBHOOK_UNAUTHORIZED: Final = "webhook.unauthorized"

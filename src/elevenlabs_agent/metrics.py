@@ -1,17 +1,42 @@
-"""Prometheus metrics: names are a public interface (alerts and the runbook use them)."""
+"""Prometheus metrics: names are a public interface (alerts and the runbook use them).
 
-from prometheus_client import Counter, Histogram
+Counters get `_total` appended by the client library: `WEBHOOKS` is exposed as
+`elevenlabs_agent_webhooks_total`. No label ever holds an id (conversation, task, request).
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "elevenlabs_agent_"
 
+# RED per route (route = the route template, e.g. /agent-conversations/api/{conversation_id})
 HTTP_REQUESTS = Counter(
-    PREFIX + "http_requests", "HTTP requests by route template and status code", ["route", "method", "status"]
+    PREFIX + "http_requests", "HTTP requests by route template, method and status code", ["route", "method", "status"]
 )
 HTTP_REQUEST_DURATION = Histogram(
     PREFIX + "http_request_duration_seconds", "HTTP request latency by route template", ["route"]
 )
+
+# domain
 WEBHOOKS = Counter(PREFIX + "webhooks", "Tool webhooks by outcome", ["outcome"])
 DISPATCHES = Counter(PREFIX + "dispatches", "cursor-runner dispatches by outcome", ["outcome"])
 DISPATCH_DURATION = Histogram(PREFIX + "dispatch_duration_seconds", "cursor-runner dispatch latency")
 CALLBACKS = Counter(PREFIX + "callbacks", "cursor-runner callbacks by outcome", ["outcome"])
 DELIVERIES = Counter(PREFIX + "deliveries", "Result deliveries by channel and outcome", ["channel", "outcome"])
+INFLIGHT_DELIVERIES = Gauge(PREFIX + "inflight_deliveries", "Deliveries running in the background now")
+SSE_SUBSCRIBERS = Gauge(PREFIX + "sse_subscribers", "Open SSE event streams on this instance")
+
+# state of the service and of Redis (the keyspace gauges are refreshed by a bounded background scan)
+REDIS_UP = Gauge(PREFIX + "redis_up", "1 if Redis answered the last PING, else 0")
+DRAINING = Gauge(PREFIX + "draining", "1 while the instance drains for shutdown")
+ACTIVE_SESSIONS = Gauge(PREFIX + "active_sessions", "Live session registrations in Redis")
+PENDING_TASKS = Gauge(PREFIX + "pending_tasks", "Tasks waiting for their cursor-runner callback")
+OLDEST_PENDING_TASK_AGE = Gauge(PREFIX + "oldest_pending_task_age_seconds", "Age of the oldest pending task")
+STUCK_PENDING_TASKS = Gauge(PREFIX + "stuck_pending_tasks", "Tasks pending for longer than 24 h")
+RESULTS_WAITING = Gauge(PREFIX + "results_waiting", "Results stored but not yet confirmed by any delivery channel")
+OLDEST_RESULT_WAITING_AGE = Gauge(
+    PREFIX + "oldest_result_waiting_age_seconds", "Age of the oldest result not yet confirmed delivered"
+)
+KEYSPACE_SCAN_DURATION = Gauge(PREFIX + "keyspace_scan_duration_seconds", "Duration of the last keyspace gauge scan")
+KEYSPACE_SCAN_TIMESTAMP = Gauge(
+    PREFIX + "keyspace_scan_timestamp_seconds", "Unix time of the last successful keyspace gauge scan"
+)

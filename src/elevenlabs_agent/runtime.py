@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from elevenlabs_agent import metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient
 from elevenlabs_agent.services.callbacks import CallbackService
@@ -99,6 +100,11 @@ class Runtime:
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
         )
+
+    def start_draining(self) -> None:
+        """Readiness fails from now on, so load balancers stop sending new work here."""
+        self.draining = True
+        metrics.DRAINING.set(1)
 
     async def redis_ping(self, timeout: float = 1.0) -> tuple[bool, float]:
         """(answered, latency in ms), bounded by `timeout` whatever redis-py's retries would do."""

@@ -40,7 +40,7 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             self.force_exit = True
             return
-        self.runtime.draining = True
+        self.runtime.start_draining()
         log.info(events.SERVICE_STOPPING, signal=sig, drainSeconds=self.drain_seconds)
         self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._finish)
 

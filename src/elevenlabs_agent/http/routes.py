@@ -271,6 +271,7 @@ async def events_stream(request: Request) -> Response:
     log.info(events.SSE_CONNECTED, conversationId=conversation_id, resume=last_event_id is not None)
 
     async def stream() -> AsyncIterator[bytes]:
+        metrics.SSE_SUBSCRIBERS.inc()
         yield b"retry: 3000\n\n"
         try:
             async for event in rt.delivery.subscribe(conversation_id, last_event_id):
@@ -282,6 +283,7 @@ async def events_stream(request: Request) -> Response:
                 data = orjson.dumps({**event.data, "eventId": event.id})
                 yield b"id: " + event.id.encode() + b"\nevent: task_update\ndata: " + data + b"\n\n"
         finally:
+            metrics.SSE_SUBSCRIBERS.dec()
             log.info(events.SSE_DISCONNECTED, conversationId=conversation_id)
 
     return StreamingResponse(

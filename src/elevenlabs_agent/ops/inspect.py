@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from elevenlabs_agent.ops.keyspace import scan_batches
@@ -64,6 +65,72 @@ async def list_family(
 
 
 @dataclass
+class TaskSummary:
+    by_status: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    oldest_pending_seconds: float = 0.0
+    stuck_pending: int = 0
+    scanned: int = 0
+
+
+async def task_summary(redis: Redis, stuck_age: float = STUCK_TASK_AGE, max_keys: int | None = None) -> TaskSummary:
+    """Tasks per status, the oldest pending one's age and how many are stuck (pending longer than
+    `stuck_age`). With `max_keys`, stops after about that many keys (a bounded, partial view)."""
+    summary = TaskSummary()
+    now = time.time()
+    async for keys in scan_batches(redis, family("tasks").pattern):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, ["status", "createdAt"])
+            replies = await pipe.execute()
+        for status, created in replies:
+            if status is None and created is None:
+                continue  # expired between SCAN and HMGET
+            summary.by_status[status or "unknown"] = summary.by_status.get(status or "unknown", 0) + 1
+            age = _age(created, now)
+            if status == "pending":
+                summary.pending += 1
+                if age is not None:
+                    summary.oldest_pending_seconds = max(summary.oldest_pending_seconds, age)
+                    summary.stuck_pending += age >= stuck_age
+        summary.scanned += len(keys)
+        if max_keys is not None and summary.scanned >= max_keys:
+            break
+    return summary
+
+
+async def waiting_results(redis: Redis, max_keys: int | None = None) -> tuple[int, float]:
+    """Results no channel has confirmed yet: their number and the oldest one's age in seconds.
+
+    The age comes from the result's stream id, whose first part is its publication time in ms.
+    """
+    count, oldest_ms, scanned = 0, None, 0
+    async for keys in scan_batches(redis, family("pending_results").pattern):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hvals(key)
+            for values in await pipe.execute():
+                for value in values:
+                    count += 1
+                    event_id = orjson.loads(value).get("eventId", "")
+                    ms = int(event_id.partition("-")[0] or 0)
+                    oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        scanned += len(keys)
+        if max_keys is not None and scanned >= max_keys:
+            break
+    return count, (time.time() - oldest_ms / 1000) if oldest_ms else 0.0
+
+
+async def count_keys(redis: Redis, pattern: str, max_keys: int | None = None) -> int:
+    count = 0
+    async for keys in scan_batches(redis, pattern):
+        count += len(keys)
+        if max_keys is not None and count >= max_keys:
+            break
+    return count
+
+
+@dataclass
 class FamilyStats:
     name: str
     pattern: str
@@ -83,35 +150,19 @@ class FamilyStats:
         }
 
 
-async def family_stats(redis: Redis, fam: KeyFamily, stuck_age: float = STUCK_TASK_AGE) -> FamilyStats:
+async def family_stats(redis: Redis, fam: KeyFamily) -> FamilyStats:
     """Count, memory (estimated from a sample) and TTL-less keys of one family; for tasks also the
-    count per status, the oldest pending age and how many are stuck (pending longer than `stuck_age`)."""
+    count per status, the oldest pending age and how many are stuck; for pending results how many
+    wait and for how long."""
     stats = FamilyStats(fam.name, fam.pattern)
     sampled: list[str] = []
-    statuses: dict[str, int] = {}
-    oldest_pending = 0.0
-    stuck = 0
-    now = time.time()
     async for keys in scan_batches(redis, fam.pattern):
         stats.count += len(keys)
         sampled += keys[: max(0, MEMORY_SAMPLE - len(sampled))]
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.ttl(key)
-                if fam.name == "tasks":
-                    pipe.hmget(key, ["status", "createdAt"])
-            replies = await pipe.execute()
-        step = 2 if fam.name == "tasks" else 1
-        for i in range(len(keys)):
-            if replies[i * step] == -1:
-                stats.persistent += 1
-            if fam.name == "tasks":
-                status, created = replies[i * step + 1]
-                statuses[status or "unknown"] = statuses.get(status or "unknown", 0) + 1
-                age = _age(created, now)
-                if status == "pending" and age is not None:
-                    oldest_pending = max(oldest_pending, age)
-                    stuck += age >= stuck_age
+            stats.persistent += sum(ttl == -1 for ttl in await pipe.execute())
     if sampled:
         async with redis.pipeline(transaction=False) as pipe:
             for key in sampled:
@@ -120,7 +171,15 @@ async def family_stats(redis: Redis, fam: KeyFamily, stuck_age: float = STUCK_TA
         if usage:
             stats.memory_bytes_estimate = int(sum(usage) / len(usage) * stats.count)
     if fam.name == "tasks":
-        stats.extra = {"byStatus": statuses, "oldestPendingSeconds": round(oldest_pending, 1), "stuckPending": stuck}
+        summary = await task_summary(redis)
+        stats.extra = {
+            "byStatus": summary.by_status,
+            "oldestPendingSeconds": round(summary.oldest_pending_seconds, 1),
+            "stuckPending": summary.stuck_pending,
+        }
+    elif fam.name == "pending_results":
+        waiting, oldest = await waiting_results(redis)
+        stats.extra = {"resultsWaiting": waiting, "oldestWaitingSeconds": round(oldest, 1)}
     return stats
 
 
