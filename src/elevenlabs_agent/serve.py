@@ -37,6 +37,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.runtime.draining or self._loop is None:
+            self.runtime.delivery.close_streams()
             self.should_exit = True
             self.force_exit = True
             return
@@ -45,6 +46,8 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._finish)
 
     def _finish(self) -> None:
+        # Open SSE streams would hold uvicorn's graceful shutdown until its timeout: end them now.
+        self.runtime.delivery.close_streams()
         self.should_exit = True
 
 

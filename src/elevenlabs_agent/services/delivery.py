@@ -12,8 +12,11 @@ crash, an expired session or a lost socket delays a result but never drops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.clients.elevenlabs import push_contextual_update
@@ -41,6 +44,7 @@ class DeliveryService:
         self.push_timeout = push_timeout
         self.keepalive_ms = int(keepalive_seconds * 1000)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
 
     # background work ------------------------------------------------------------------------------
 
@@ -49,6 +53,10 @@ class DeliveryService:
         task = asyncio.create_task(work)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def close_streams(self) -> None:
+        """End every SSE subscription now (browsers reconnect, to another instance when we drain)."""
+        self._closing.set()
 
     @property
     def inflight(self) -> int:
@@ -145,10 +153,27 @@ class DeliveryService:
                     cursor = event.id
                 if len(backlog) < 100:
                     break
-        while True:
-            batch = await self.outbox.wait_after(conversation_id, cursor, self.keepalive_ms)
+        while not self._closing.is_set():
+            batch = await self._wait_unless_closing(conversation_id, cursor)
+            if batch is None:
+                return
             if not batch:
                 yield None
             for event in batch:
                 yield event
                 cursor = event.id
+
+    async def _wait_unless_closing(self, conversation_id: str, cursor: str) -> list[Event] | None:
+        """New events after `cursor` ([] on keep-alive timeout), or None once streams are closing."""
+        read = asyncio.ensure_future(self.outbox.wait_after(conversation_id, cursor, self.keepalive_ms))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await read
+            return None
+        return read.result()
