@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -31,13 +32,14 @@ class DrainingServer(uvicorn.Server):
         self.drain_seconds = drain_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.runtime.draining or self._loop is None:
-            self.runtime.delivery.close_streams()
+            if self._loop is not None:  # signal handlers must not touch asyncio objects directly
+                self._loop.call_soon_threadsafe(self.runtime.delivery.close_streams)
             self.should_exit = True
             self.force_exit = True
             return
