@@ -330,6 +330,16 @@ async def test_sse_invalid_last_event_id_is_400(stack: Stack, bad: str) -> None:
     assert response.json()["success"] is False and response.json()["error"]
 
 
+@pytest.mark.parametrize("bad", ["bogus", "\u0661\u0662\u0663-0", "\u00b2", "99999999999999999999"])
+async def test_sse_invalid_last_event_id_query_parameter_is_400(stack: Stack, bad: str) -> None:
+    """The `lastEventId` query parameter (for clients that cannot set headers) is validated the same way."""
+    conversation_id = await stack.create_conversation()
+    response = await stack.http.get(events_url(conversation_id), params={"lastEventId": bad}, timeout=5)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["success"] is False
+
+
 async def test_sse_unknown_conversation_is_404_and_bad_id_400(stack: Stack) -> None:
     response = await stack.http.get(events_url("no-such-conversation"))
     assert response.status_code == 404

@@ -124,7 +124,8 @@ async def test_full_flow_logs_json_lines_with_ids_and_no_secrets(
     await voice.close()
 
     async def last_request_logged() -> bool:
-        return any(r["event"] == events.HTTP_REQUEST and r.get("requestId") == "req-log-400" for r in captured.records())
+        records = captured.records()
+        return any(r["event"] == events.HTTP_REQUEST and r.get("requestId") == "req-log-400" for r in records)
 
     await eventually(last_request_logged, timeout=5)
     records = captured.records()
@@ -305,6 +306,26 @@ def test_stdlib_logging_goes_through_the_same_json_and_redaction(capsys: pytest.
     assert len(lines) == 1
     assert SECRET not in lines[0]["event"] and "abc999" not in lines[0]["event"]
     assert lines[0]["level"] == "warning"
+
+
+def test_stdlib_exception_is_rendered_as_redacted_traceback_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn reports a crashed request through stdlib logging ("Exception in ASGI application"):
+    the traceback must reach the JSON line as text an operator can read, scrubbed of secrets."""
+    import logging
+
+    agent_logging.configure("info", [SECRET])
+    try:
+        raise RuntimeError(f"boom {SECRET}")
+    except RuntimeError:
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=True)
+    out = capsys.readouterr().out
+    lines = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    rendered = orjson.dumps(lines[0]).decode()
+    assert "Traceback (most recent call last)" in rendered, rendered
+    assert "test_logging.py" in rendered, rendered
+    assert "<traceback object" not in rendered, rendered
+    assert SECRET not in out
 
 
 # --- event names ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ HTTP_REQUEST: Final = "http.request"
 HTTP_BAD_REQUEST: Final = "http.bad_request"
 HTTP_UNHANDLED_ERROR: Final = "http.unhandled_error"
 REDIS_UNAVAILABLE: Final = "redis.unavailable"
-KEYSPACE_SCAN_FAILED: Final = "metrics.keyspace_scan_failed"
+HOUSEKEEPING_FAILED: Final = "housekeeping.failed"
 
 # tool webhook (ElevenLabs -> us)
 WEBHOOK_UNAUTHORIZED: Final = "webhook.unauthorized"
@@ -36,6 +36,7 @@ CALLBACK_DUPLICATE: Final = "callback.duplicate"
 CALLBACK_UNKNOWN_TASK: Final = "callback.unknown_task"
 CALLBACK_UNAUTHORIZED: Final = "callback.unauthorized"
 CALLBACK_TASK_FAILED: Final = "callback.task_failed"
+CALLBACK_RECORDING_REPAIRED: Final = "callback.recording_repaired"
 
 # delivery (us -> the live conversation)
 SESSION_REGISTERED: Final = "session.registered"

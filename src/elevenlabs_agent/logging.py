@@ -46,10 +46,11 @@ def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        Redactor(secrets),
     ]
+    # Exceptions are rendered to text before redaction: their messages can carry secrets too.
+    render: list[Any] = [structlog.processors.format_exc_info, Redactor(secrets), structlog.processors.JSONRenderer()]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
@@ -57,10 +58,7 @@ def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         )
     )

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(5.0, ge=0)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
 
-    metrics_scan_interval_seconds: float = Field(30.0, gt=0)
-    metrics_scan_max_keys: int = Field(200_000, gt=0)
+    housekeeping_interval_seconds: float = Field(30.0, gt=0)
+    housekeeping_max_keys: int = Field(200_000, gt=0)
 
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)

@@ -18,8 +18,10 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     host = host.lower().rstrip(".")
     for pattern in allowed:
         pattern = pattern.lower()
+        pattern = pattern.rstrip(".")
         if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and host != pattern[2:]:
+            label = host.removesuffix(pattern[1:])
+            if label != host and label and not label.endswith("."):
                 return True
         elif host == pattern:
             return True

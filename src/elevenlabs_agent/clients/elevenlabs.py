@@ -54,15 +54,31 @@ class ElevenLabsClient:
         return SignedUrl(reply.signed_url, issued + SIGNED_URL_VALIDITY)
 
 
-async def push_contextual_update(push_url: str, text: str, context_id: str, timeout: float) -> None:
-    """Send one `contextual_update` frame to a server-side bridge socket.
+ACK_TYPE = "contextual_update_ack"
 
-    Raises on any failure. Success means the frame was written and the close handshake completed,
-    i.e. the peer read past our frame.
+
+class PushNotAcknowledged(Exception):
+    """The bridge did not confirm the frame."""
+
+
+async def push_contextual_update(push_url: str, text: str, context_id: str, timeout: float) -> None:
+    """Send one `contextual_update` frame to a server-side bridge socket and wait for its confirmation.
+
+    A written frame, or even a completed close handshake, only proves the peer's socket layer got it;
+    the bridge confirms it forwarded the update with `{"type": "contextual_update_ack",
+    "context_id": <same id>}`. Raises on any failure, including no confirmation within `timeout`.
     """
     frame = orjson.dumps({"type": "contextual_update", "text": text, "context_id": context_id}).decode()
     async with (
         asyncio.timeout(timeout),
-        websockets.connect(push_url, open_timeout=timeout, close_timeout=timeout, max_size=2**20) as ws,
+        websockets.connect(push_url, open_timeout=timeout, close_timeout=timeout, max_size=2**16) as ws,
     ):
         await ws.send(frame)
+        async for message in ws:
+            try:
+                reply = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(reply, dict) and reply.get("type") == ACK_TYPE and reply.get("context_id") == context_id:
+                return
+        raise PushNotAcknowledged("the bridge closed the socket without confirming the update")

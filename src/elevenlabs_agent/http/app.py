@@ -15,7 +15,7 @@ from elevenlabs_agent.http.middleware import FeatureFlagMiddleware, Observabilit
 from elevenlabs_agent.http.routes import ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
-from elevenlabs_agent.services.monitor import KeyspaceMonitor
+from elevenlabs_agent.services.housekeeping import Housekeeper
 from elevenlabs_agent.settings import Settings
 
 log = get_logger()
@@ -23,7 +23,7 @@ log = get_logger()
 
 def create_app(settings: Settings, redis_url: str) -> Starlette:
     runtime = Runtime.build(settings, redis_url)
-    monitor = KeyspaceMonitor(runtime, settings.metrics_scan_interval_seconds, settings.metrics_scan_max_keys)
+    housekeeper = Housekeeper(runtime, settings.housekeeping_interval_seconds, settings.housekeeping_max_keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -32,11 +32,11 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             enabled=settings.elevenlabs_agent_enabled,
             webhookConfigured=settings.webhook_configured,
         )
-        monitor.start()
+        housekeeper.start()
         try:
             yield
         finally:
-            await monitor.stop()
+            await housekeeper.stop()
             runtime.start_draining()
             log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
             finished = await runtime.delivery.drain(settings.shutdown_timeout_seconds)

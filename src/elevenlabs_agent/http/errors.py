@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }
+MAX_JSON_DEPTH = 32
 STORAGE_DOWN = "The service's storage is unavailable right now. Please try again shortly."
 
 
@@ -61,9 +62,29 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not body.strip():
         raise BodyError(400, "body is empty; a JSON object is required")
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BodyError(400, "body is not valid JSON") from None
+    if _too_deep(parsed, MAX_JSON_DEPTH):
+        raise BodyError(400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    return parsed
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Iterative depth check: a deeply nested body must not reach code that recurses over it."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 async def handle_body_error(request: Request, exc: Exception) -> Response:

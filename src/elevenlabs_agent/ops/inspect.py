@@ -10,11 +10,14 @@ import orjson
 from redis.asyncio import Redis
 
 from elevenlabs_agent.ops.keyspace import scan_batches
-from elevenlabs_agent.stores import KEY_FAMILIES, KeyFamily, family
+from elevenlabs_agent.stores import KEY_FAMILIES, KeyFamily, family, outbox
 from elevenlabs_agent.timeutil import parse_iso
 
 MEMORY_SAMPLE = 50
 STUCK_TASK_AGE = 86_400.0
+# Work younger than this may still be in progress on some instance: leave it alone.
+RECOVERY_GRACE = 30.0
+MAX_RECOVERY_BATCH = 1000
 
 # The fields each listing shows, and the hash field that dates a record.
 LIST_FIELDS = {
@@ -71,6 +74,7 @@ class TaskSummary:
     oldest_pending_seconds: float = 0.0
     stuck_pending: int = 0
     scanned: int = 0
+    unrecorded: list[str] = field(default_factory=list)  # callback stored, recording cut short
 
 
 async def task_summary(redis: Redis, stuck_age: float = STUCK_TASK_AGE, max_keys: int | None = None) -> TaskSummary:
@@ -81,11 +85,15 @@ async def task_summary(redis: Redis, stuck_age: float = STUCK_TASK_AGE, max_keys
     async for keys in scan_batches(redis, family("tasks").pattern):
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hmget(key, ["status", "createdAt"])
+                pipe.hmget(key, ["status", "createdAt", "taskId", "callbackAt", "recordedAt"])
             replies = await pipe.execute()
-        for status, created in replies:
+        for status, created, task_id, callback_at, recorded_at in replies:
             if status is None and created is None:
                 continue  # expired between SCAN and HMGET
+            if callback_at and not recorded_at and len(summary.unrecorded) < MAX_RECOVERY_BATCH:
+                callback_age = _age(callback_at, now)
+                if task_id and callback_age is not None and callback_age >= RECOVERY_GRACE:
+                    summary.unrecorded.append(task_id)
             summary.by_status[status or "unknown"] = summary.by_status.get(status or "unknown", 0) + 1
             age = _age(created, now)
             if status == "pending":
@@ -99,26 +107,41 @@ async def task_summary(redis: Redis, stuck_age: float = STUCK_TASK_AGE, max_keys
     return summary
 
 
-async def waiting_results(redis: Redis, max_keys: int | None = None) -> tuple[int, float]:
-    """Results no channel has confirmed yet: their number and the oldest one's age in seconds.
+@dataclass
+class WaitingResults:
+    count: int = 0
+    oldest_seconds: float = 0.0
+    stale_conversations: list[str] = field(default_factory=list)  # waiting longer than RECOVERY_GRACE
 
-    The age comes from the result's stream id, whose first part is its publication time in ms.
+
+async def waiting_results(redis: Redis, max_keys: int | None = None) -> WaitingResults:
+    """Results no channel has confirmed yet: how many, the oldest one's age, and the conversations
+    whose results have waited long enough to be offered again.
+
+    A result's age comes from its stream id, whose first part is its publication time in ms.
     """
-    count, oldest_ms, scanned = 0, None, 0
+    waiting, scanned, now_ms = WaitingResults(), 0, time.time() * 1000
     async for keys in scan_batches(redis, family("pending_results").pattern):
         async with redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hvals(key)
-            for values in await pipe.execute():
-                for value in values:
-                    count += 1
-                    event_id = orjson.loads(value).get("eventId", "")
-                    ms = int(event_id.partition("-")[0] or 0)
-                    oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+            replies = await pipe.execute()
+        for key, values in zip(keys, replies, strict=True):
+            oldest_ms = min((_event_ms(v) for v in values), default=now_ms)
+            waiting.count += len(values)
+            waiting.oldest_seconds = max(waiting.oldest_seconds, (now_ms - oldest_ms) / 1000)
+            stale = (now_ms - oldest_ms) / 1000 >= RECOVERY_GRACE
+            if values and stale and len(waiting.stale_conversations) < MAX_RECOVERY_BATCH:
+                waiting.stale_conversations.append(outbox.conversation_of(key))
         scanned += len(keys)
         if max_keys is not None and scanned >= max_keys:
             break
-    return count, (time.time() - oldest_ms / 1000) if oldest_ms else 0.0
+    return waiting
+
+
+def _event_ms(value: str) -> float:
+    event_id = orjson.loads(value).get("eventId", "")
+    return float(event_id.partition("-")[0] or 0)
 
 
 async def count_keys(redis: Redis, pattern: str, max_keys: int | None = None) -> int:
@@ -178,8 +201,8 @@ async def family_stats(redis: Redis, fam: KeyFamily) -> FamilyStats:
             "stuckPending": summary.stuck_pending,
         }
     elif fam.name == "pending_results":
-        waiting, oldest = await waiting_results(redis)
-        stats.extra = {"resultsWaiting": waiting, "oldestWaitingSeconds": round(oldest, 1)}
+        waiting = await waiting_results(redis)
+        stats.extra = {"resultsWaiting": waiting.count, "oldestWaitingSeconds": round(waiting.oldest_seconds, 1)}
     return stats
 
 

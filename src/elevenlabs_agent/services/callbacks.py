@@ -18,7 +18,7 @@ from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
-from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.stores.tasks import Task, TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
 # Fields of cursor-runner's body worth keeping; anything else it may add is ignored.
@@ -65,6 +65,33 @@ class CallbackBody:
         return cls(str(request_id), failed, result)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A stored task result, as it goes into the conversation and the outbox."""
+
+    task_id: str
+    conversation_id: str
+    tool_name: str
+    tool_args: dict[str, Any]
+    status: str
+    summary: str
+    result: dict[str, Any]
+    completed_at: str
+
+    @classmethod
+    def from_task(cls, task: Task) -> Outcome:
+        return cls(
+            task_id=task.task_id,
+            conversation_id=task.conversation_id,
+            tool_name=task.tool_name,
+            tool_args=task.tool_args,
+            status=task.status,
+            summary=task.summary or "",
+            result=task.result or {},
+            completed_at=task.completed_at or now_iso(),
+        )
+
+
 class CallbackService:
     def __init__(
         self,
@@ -108,43 +135,75 @@ class CallbackService:
             metrics.CALLBACKS.labels("duplicate").inc()
             return {"success": True, "requestId": task_id, "duplicate": True, "status": done.previous_status}
 
-        conversation_id = done.conversation_id
-        message = {
-            "role": "tool",
-            "content": summary,
-            "timestamp": now,
-            "source": "tool_output",
-            "toolName": done.tool_name,
-            "toolArgs": done.tool_args,
-            "toolOutput": callback.result.get("output") or callback.result.get("error"),
-            "status": status,
-            "taskId": task_id,
-        }
-        event = {
-            "type": "task_update",
-            "taskId": task_id,
-            "conversationId": conversation_id,
-            "status": status,
-            "text": speech.update_text(task_id, summary),
-            "completedAt": now,
-        }
-        async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            self.conversations.queue_upsert_message(
-                pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
-            )
-            self.outbox.queue_publish(pipe, conversation_id, task_id, event)
-            await pipe.execute()
+        outcome = Outcome(
+            task_id=task_id,
+            conversation_id=done.conversation_id,
+            tool_name=done.tool_name,
+            tool_args=done.tool_args,
+            status=status,
+            summary=summary,
+            result=callback.result,
+            completed_at=now,
+        )
+        await self.record(outcome)
         if callback.failed:
             log.info(
                 events.CALLBACK_TASK_FAILED,
                 taskId=task_id,
-                conversationId=conversation_id,
+                conversationId=outcome.conversation_id,
                 exitCode=callback.result.get("exitCode"),
             )
-        log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=conversation_id, status=status)
+        log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=outcome.conversation_id, status=status)
         metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
-        self.delivery.spawn(self.delivery.deliver(conversation_id, task_id))
+        self.delivery.spawn(self.delivery.deliver(outcome.conversation_id, task_id))
         return {"success": True, "requestId": task_id, "status": status}
+
+    async def record(self, outcome: Outcome) -> None:
+        """Put a stored result into the conversation history and its outbox (one round trip).
+
+        Every step is idempotent and `recordedAt` is written last, so a task with `callbackAt` but no
+        `recordedAt` is one whose recording was cut short; `repair` finishes it.
+        """
+        now = outcome.completed_at
+        message = {
+            "role": "tool",
+            "content": outcome.summary,
+            "timestamp": now,
+            "source": "tool_output",
+            "toolName": outcome.tool_name,
+            "toolArgs": outcome.tool_args,
+            "toolOutput": outcome.result.get("output") or outcome.result.get("error"),
+            "status": outcome.status,
+            "taskId": outcome.task_id,
+        }
+        event = {
+            "type": "task_update",
+            "taskId": outcome.task_id,
+            "conversationId": outcome.conversation_id,
+            "status": outcome.status,
+            "text": speech.update_text(outcome.task_id, outcome.summary),
+            "completedAt": now,
+        }
+        async with self.tasks.redis.pipeline(transaction=False) as pipe:
+            self.conversations.queue_upsert_message(
+                pipe, outcome.conversation_id, message, now=now, task_id=outcome.task_id, create=True, capped=False
+            )
+            self.outbox.queue_publish(pipe, outcome.conversation_id, outcome.task_id, event)
+            self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
+            await pipe.execute()
+
+    async def repair(self, task_ids: list[str]) -> int:
+        """Finish recording results whose callback was cut short after the task was updated
+        (a crash or a Redis failure between its two round trips). Returns how many were repaired."""
+        repaired = 0
+        for task in await self.tasks.get_many(task_ids):
+            if task.callback_at is None or task.recorded_at is not None:
+                continue
+            await self.record(Outcome.from_task(task))
+            log.warning(events.CALLBACK_RECORDING_REPAIRED, taskId=task.task_id, conversationId=task.conversation_id)
+            self.delivery.spawn(self.delivery.deliver(task.conversation_id, task.task_id))
+            repaired += 1
+        return repaired
 
     def _unauthorized(self, task_id: str, why: str) -> NoReturn:
         log.warning(events.CALLBACK_UNAUTHORIZED, taskId=task_id, reason=why)

@@ -30,6 +30,10 @@ MAX_METADATA_BYTES = 16_384
 log = get_logger()
 
 
+# Path segments of the conversations API that an id would be shadowed by.
+RESERVED_CONVERSATION_IDS = frozenset({"list", "new"})
+
+
 def require_id(value: str, what: str = "conversation id") -> str:
     if not is_valid_id(value):
         raise InvalidInput(f"{what} must be 1-128 characters of letters, digits, '_', '.', '-'")
@@ -118,6 +122,8 @@ class ConversationService:
         elif not isinstance(conversation_id, str):
             raise InvalidInput("conversationId must be a string")
         require_id(conversation_id, "conversationId")
+        if conversation_id in RESERVED_CONVERSATION_IDS:
+            raise InvalidInput(f"conversationId {conversation_id!r} is reserved")
         agent_id = _optional_str(body, "agentId", 128)
         if not await self.conversations.create(
             conversation_id, now=now_iso(), agent_id=agent_id, metadata=_metadata(body)

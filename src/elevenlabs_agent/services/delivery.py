@@ -85,6 +85,12 @@ class DeliveryService:
             if event.task_id == task_id:
                 await self._push(conversation_id, session["pushUrl"], event)
 
+    async def redeliver(self, conversation_id: str) -> None:
+        """Offer a conversation's waiting results again to its live push-capable session, if any."""
+        session = await self.sessions.get(conversation_id)
+        if session is not None and session.get("pushUrl"):
+            await self.replay(conversation_id, session["pushUrl"])
+
     async def replay(self, conversation_id: str, push_url: str) -> None:
         """Push every pending result to a newly registered push-capable session, oldest first."""
         for event in await self.outbox.pending(conversation_id):

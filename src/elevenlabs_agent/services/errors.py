@@ -4,7 +4,7 @@ from typing import Any
 
 
 class ServiceError(Exception):
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, /, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra

@@ -10,6 +10,8 @@ DISPATCH_FAILED = (
     "I couldn't start that task because the coding service isn't available right now. Please try again in a moment."
 )
 STORAGE_DOWN = "I can't start tasks right now because my storage is unavailable. Please try again shortly."
+TASK_ALREADY_FINISHED = "That task has already finished. I'll tell you the result in a moment."
+CONVERSATION_FULL = "This conversation is too long for new tasks. Please start a new conversation."
 NO_TASKS = "I don't see any tasks for this conversation yet."
 TASK_NOT_FOUND = "I couldn't find that task. It may have expired."
 SUMMARY_CHARS = 600

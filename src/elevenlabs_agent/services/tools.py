@@ -16,7 +16,7 @@ from elevenlabs_agent import events, metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.services import speech
-from elevenlabs_agent.services.errors import InvalidInput
+from elevenlabs_agent.services.errors import Conflict, InvalidInput
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
@@ -74,7 +74,7 @@ class ToolCall:
                 prompt = value.strip()
                 break
         else:
-            extra = {k: v for k, v in self.args.items() if k not in _PASS_THROUGH}
+            extra = {k: v for k, v in self.args.items() if k not in _PASS_THROUGH and k not in _PROMPT_ARGS}
             if not extra:
                 raise InvalidInput("a code tool needs a 'prompt' argument")
             prompt = f"{self.tool_name}: {orjson.dumps(extra).decode()}"
@@ -153,10 +153,14 @@ class ToolService:
                 now=now,
             )
             self.conversations.queue_upsert_message(
-                pipe, conversation_id, message, now=now, task_id=task_id, create=True, capped=False
+                pipe, conversation_id, message, now=now, task_id=task_id, create=True
             )
             self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
-            await pipe.execute()
+            _, message_field, *_ = await pipe.execute()
+        if message_field == "":
+            await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
+            metrics.WEBHOOKS.labels("conversation_full").inc()
+            raise Conflict("the conversation holds the maximum number of messages", message=speech.CONVERSATION_FULL)
         log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
 
         payload: dict[str, Any] = {
@@ -191,18 +195,27 @@ class ToolService:
             detail=result.detail,
         )
         error = f"dispatch failed: {result.reason}"
-        if await self.tasks.fail_dispatch(task_id, error, now_iso()):
-            failed = {
-                **message,
-                "status": "failed",
-                "content": f"Could not start code task {task_id}: {result.reason}.",
-                "timestamp": now_iso(),
+        if not await self.tasks.fail_dispatch(task_id, error, now_iso()):
+            # cursor-runner's callback beat its own answer (or its timeout): the task did run.
+            metrics.WEBHOOKS.labels("task_started").inc()
+            return {
+                "success": True,
+                "requestId": task_id,
+                "taskId": task_id,
+                "status": "finished",
+                "message": speech.TASK_ALREADY_FINISHED,
             }
-            async with self.tasks.redis.pipeline(transaction=False) as pipe:
-                self.conversations.queue_upsert_message(
-                    pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
-                )
-                await pipe.execute()
+        failed = {
+            **message,
+            "status": "failed",
+            "content": f"Could not start code task {task_id}: {result.reason}.",
+            "timestamp": now_iso(),
+        }
+        async with self.tasks.redis.pipeline(transaction=False) as pipe:
+            self.conversations.queue_upsert_message(
+                pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
+            )
+            await pipe.execute()
         metrics.WEBHOOKS.labels("dispatch_failed").inc()
         return {
             "success": False,

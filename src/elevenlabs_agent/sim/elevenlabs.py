@@ -5,7 +5,7 @@
   holds it; sends `conversation_initiation_metadata` with its conversation id, records client frames.
 - `WS /push/{conversation_id}`: the server-side bridge a registration may name as `pushUrl`; every
   frame it accepts is forwarded into that conversation's record, as a real bridge would forward it
-  into the live ElevenLabs socket.
+  into the live ElevenLabs socket, and confirmed with `{"type":"contextual_update_ack","context_id"}`.
 """
 
 from __future__ import annotations
@@ -91,11 +91,16 @@ class FakeElevenLabs:
             await ws.close(code=1011)
             return
         await ws.accept()
-        if self.push_mode == "hang":
+        if self.push_mode == "hang":  # accepts the socket, never reads from it
             await asyncio.sleep(3600)
         try:
             while True:
-                conversation.frames.append(orjson.loads(await ws.receive_text()))
+                frame = orjson.loads(await ws.receive_text())
+                conversation.frames.append(frame)
+                if frame.get("type") == "contextual_update":
+                    await ws.send_text(
+                        orjson.dumps({"type": "contextual_update_ack", "context_id": frame.get("context_id")}).decode()
+                    )
         except WebSocketDisconnect:
             pass
 

@@ -12,6 +12,7 @@ results also stay in the conversation history for good.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -51,6 +52,11 @@ def pending_key(conversation_id: str) -> str:
     return PENDING_PREFIX + "{" + conversation_id + "}"
 
 
+def conversation_of(key: str) -> str:
+    """The conversation id inside a stream or pending key (between its hash-tag braces)."""
+    return key[key.index("{") + 1 : key.rindex("}")]
+
+
 @dataclass(frozen=True)
 class Event:
     """One task update, as sent over SSE: `id` is the stream entry id, `data` the JSON payload."""
@@ -66,9 +72,13 @@ def stream_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
+
+
 def is_stream_id(value: str) -> bool:
-    ms, sep, seq = value.partition("-")
-    return ms.isdigit() and (not sep or seq.isdigit()) and len(value) <= 41
+    """A well-formed stream entry id Redis will accept: `<ms>[-<seq>]`, both below 2**64."""
+    match = _STREAM_ID.fullmatch(value)
+    return match is not None and all(int(part or 0) < 2**64 for part in match.groups())
 
 
 class Outbox:
@@ -100,7 +110,9 @@ class Outbox:
 
     async def snapshot(self, conversation_id: str) -> tuple[list[Event], str]:
         """Pending results and the id of the newest stream entry ("0-0" if none), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # MULTI (both keys share a hash slot): a result published between the two reads would be in
+        # neither the pending snapshot nor the stream after `newest`, and the subscriber would miss it.
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(pending_key(conversation_id))
             pipe.xrevrange(stream_key(conversation_id), count=1)
             raw, newest = await pipe.execute()

@@ -26,16 +26,41 @@ def key(conversation_id: str) -> str:
     return KEY_PREFIX + conversation_id
 
 
+# KEYS[1]; ARGV[1] = ttl, ARGV[2] = number of fields to clear, then their names, then field/value pairs.
+# A registration replaces what the browser owns (an absent pushUrl must not leave the previous
+# session's bridge in place) but leaves fields written by webhooks (lastTaskId, ...) alone.
+_REGISTER = """
+local clear = tonumber(ARGV[2])
+if clear > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 3, 2 + clear)) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3 + clear))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# Fields a registration may carry; any it leaves out are cleared from the previous registration.
+REGISTRATION_FIELDS = (
+    "conversationId",
+    "sessionUrl",
+    "sessionId",
+    "transport",
+    "metadata",
+    "registeredAt",
+    "pushUrl",
+    "agentSessionId",
+    "expiresAt",
+)
+
+
 class SessionStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
 
     def queue_register(self, pipe: Pipeline, conversation_id: str, fields: dict[str, str]) -> None:
-        args: list[str | int] = [self.ttl]
+        clear = [name for name in REGISTRATION_FIELDS if name not in fields]
+        args: list[str | int] = [self.ttl, len(clear), *clear]
         for name, value in fields.items():
             args += [name, value]
-        lua.queue_eval(pipe, lua.HSET_WITH_TTL, [key(conversation_id)], args)
+        lua.queue_eval(pipe, _REGISTER, [key(conversation_id)], args)
 
     def queue_note_task(self, pipe: Pipeline, conversation_id: str, task_id: str, now: str) -> None:
         """Record the latest tool call on a live session; a no-op when none is live."""

@@ -4,7 +4,8 @@ Value: a hash, readable with `HGETALL cursor_task:<id>`. Fields: taskId, convers
 toolArgs (JSON), prompt, status (pending|completed|failed), createdAt, updatedAt, error, tokenHash
 (SHA-256 of the per-task callback secret; the secret itself is never stored), and once the callback
 arrived: callbackAt, completedAt, result (JSON), summary, delivery (pending|delivered), deliveredAt,
-deliveredVia. Lifetime: TTL 24 h from creation; the result also lives on in the conversation.
+deliveredVia, and recordedAt once the result is also in the conversation and its outbox.
+Lifetime: TTL 24 h from creation; the result also lives on in the conversation.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Task:
     error: str | None = None
     delivery: str | None = None
     delivered_at: str | None = None
+    callback_at: str | None = None
+    recorded_at: str | None = None
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Task:
@@ -93,6 +96,8 @@ class Task:
             error=h.get("error"),
             delivery=h.get("delivery"),
             delivered_at=h.get("deliveredAt"),
+            callback_at=h.get("callbackAt"),
+            recorded_at=h.get("recordedAt"),
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -196,6 +201,9 @@ class TaskStore:
         if outcome == "duplicate":
             return Completion("duplicate", previous_status=reply[1])
         return Completion("unknown" if outcome == "unknown" else "unauthorized")
+
+    def queue_mark_recorded(self, pipe: Pipeline, task_id: str, now: str) -> None:
+        lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
 
     def queue_mark_delivered(self, pipe: Pipeline, task_id: str, via: str, now: str) -> None:
         lua.queue_eval(

@@ -1,8 +1,13 @@
-"""Background refresh of the gauges that need Redis: a scrape must never walk the keyspace.
+"""Background housekeeping: keyspace gauges, and finishing work a crash or outage interrupted.
 
-Every `interval` seconds one bounded SCAN pass (at most `max_keys` keys per family) updates the
-keyspace gauges; Redis reachability is checked more often. With several instances each one scans;
-the figures are the same, so dashboards take max() across instances.
+A scrape must never walk the keyspace, so every `interval` seconds one bounded SCAN pass (at most
+`max_keys` keys per family) refreshes the keyspace gauges. The same pass finds work that no process
+is doing any more (a restarted or another instance picks it up; nothing lives only in memory):
+- results whose callback was stored but whose recording was cut short -> recorded again;
+- results waiting for longer than the grace period while a push-capable session is live ->
+  pushed again (the relay channel needs nothing: every SSE subscription replays what is pending).
+Redis reachability is checked every few seconds. With several instances each one does this; every
+step is idempotent and repeated pushes carry the same context_id, so that is harmless.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ log = get_logger()
 PING_INTERVAL = 5.0
 
 
-class KeyspaceMonitor:
+class Housekeeper:
     def __init__(self, runtime: Runtime, interval: float, max_keys: int) -> None:
         self.runtime = runtime
         self.interval = interval
@@ -40,32 +45,36 @@ class KeyspaceMonitor:
                 await self._task
 
     async def _run(self) -> None:
-        next_scan = 0.0
+        next_pass = 0.0
         while True:
             up, _ = await self.runtime.redis_ping()
             metrics.REDIS_UP.set(up)
             metrics.DRAINING.set(self.runtime.draining)
             metrics.INFLIGHT_DELIVERIES.set(self.runtime.delivery.inflight)
-            if up and time.monotonic() >= next_scan:
-                next_scan = time.monotonic() + self.interval
-                await self.refresh()
+            if up and not self.runtime.draining and time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + self.interval
+                await self.run_pass()
             await asyncio.sleep(min(PING_INTERVAL, self.interval))
 
-    async def refresh(self) -> None:
+    async def run_pass(self) -> None:
         redis = self.runtime.redis
         started = time.perf_counter()
         try:
             sessions = await count_keys(redis, family("sessions").pattern, self.max_keys)
             tasks = await task_summary(redis, max_keys=self.max_keys)
-            waiting, oldest_waiting = await waiting_results(redis, self.max_keys)
+            waiting = await waiting_results(redis, self.max_keys)
+            if tasks.unrecorded:
+                await self.runtime.callbacks.repair(tasks.unrecorded)
+            for conversation_id in waiting.stale_conversations:
+                self.runtime.delivery.spawn(self.runtime.delivery.redeliver(conversation_id))
         except (RedisError, OSError) as exc:
-            log.warning(events.KEYSPACE_SCAN_FAILED, error=type(exc).__name__)
+            log.warning(events.HOUSEKEEPING_FAILED, error=type(exc).__name__)
             return
         metrics.ACTIVE_SESSIONS.set(sessions)
         metrics.PENDING_TASKS.set(tasks.pending)
         metrics.OLDEST_PENDING_TASK_AGE.set(tasks.oldest_pending_seconds)
         metrics.STUCK_PENDING_TASKS.set(tasks.stuck_pending)
-        metrics.RESULTS_WAITING.set(waiting)
-        metrics.OLDEST_RESULT_WAITING_AGE.set(oldest_waiting)
+        metrics.RESULTS_WAITING.set(waiting.count)
+        metrics.OLDEST_RESULT_WAITING_AGE.set(waiting.oldest_seconds)
         metrics.KEYSPACE_SCAN_DURATION.set(time.perf_counter() - started)
         metrics.KEYSPACE_SCAN_TIMESTAMP.set(time.time())
