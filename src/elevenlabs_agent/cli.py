@@ -13,25 +13,33 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
-from pydantic import ValidationError
 
 from elevenlabs_agent import __version__
-from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.settings import Settings
+
+if TYPE_CHECKING:
+    from elevenlabs_agent.settings import Settings
 
 T = TypeVar("T")
 
 
 def _settings() -> Settings:
+    # Imported here: the ops commands start fast without pydantic-settings and structlog.
+    from pydantic import ValidationError
+
+    from elevenlabs_agent import logging as agent_logging
+    from elevenlabs_agent.settings import Settings
+
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise click.ClickException(f"invalid configuration: {problems}") from None
+    agent_logging.configure(settings.log_level, settings.secret_values)
+    return settings
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -56,11 +64,10 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    if not redis_url:
-        raise click.ClickException("no Redis to talk to: pass --redis-url or set REDIS_URL")
+    url = _require_url(redis_url)
 
     async def main() -> T:
-        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
+        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
         try:
             return await work(redis)
         finally:
@@ -72,6 +79,12 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
         raise click.ClickException(f"Redis error: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach Redis: {exc}") from None
+
+
+def _require_url(redis_url: str | None) -> str:
+    if not redis_url:
+        raise click.ClickException("no Redis to talk to: pass --redis-url or set REDIS_URL")
+    return redis_url
 
 
 def _print_json(data: Any) -> None:
@@ -125,9 +138,7 @@ def serve() -> None:
     """Run the service (embedded Redis when REDIS_URL is unset)."""
     from elevenlabs_agent.serve import run
 
-    settings = _settings()
-    agent_logging.configure(settings.log_level, settings.secret_values)
-    run(settings)
+    run(_settings())
 
 
 @main.command()
@@ -320,10 +331,12 @@ def _purge(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         backup = Path(f"elevenlabs-agent-backup-{name}-{stamp}.jsonl")
     flt = PurgeFilter(older_than=older_than, status=status)
+    url = _require_url(redis_url)
     with _progress(f"purging {name}" if yes else f"scanning {name}") as progress:
         try:
             report = _run(
-                redis_url, lambda redis: purge(redis, family(name), flt, execute=yes, backup=backup, progress=progress)
+                redis_url,
+                lambda redis: purge(redis, url, family(name), flt, execute=yes, backup=backup, progress=progress),
             )
         except LockBusy as exc:
             raise click.ClickException(str(exc)) from None

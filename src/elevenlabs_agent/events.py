@@ -6,6 +6,7 @@ from typing import Final
 # lifecycle
 SERVICE_STARTING: Final = "service.starting"
 SERVICE_STARTED: Final = "service.started"
+SERVICE_DRAINING: Final = "service.draining"
 SERVICE_STOPPING: Final = "service.stopping"
 SERVICE_STOPPED: Final = "service.stopped"
 EMBEDDED_REDIS_STARTED: Final = "redis.embedded_started"

@@ -44,7 +44,7 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = True
             return
         self.runtime.start_draining()
-        log.info(events.SERVICE_STOPPING, signal=sig, drainSeconds=self.drain_seconds)
+        log.info(events.SERVICE_DRAINING, signal=sig, drainSeconds=self.drain_seconds)
         self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._finish)
 
     def _finish(self) -> None:

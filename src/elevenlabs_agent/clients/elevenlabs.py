@@ -42,7 +42,10 @@ class ElevenLabsClient:
         issued = datetime.now(UTC)
         try:
             async with asyncio.timeout(self.timeout):
-                reply = await self._sdk.conversational_ai.conversations.get_signed_url(agent_id=agent_id)
+                # No SDK retries: the browser is waiting, and it can retry itself.
+                reply = await self._sdk.conversational_ai.conversations.get_signed_url(
+                    agent_id=agent_id, request_options={"max_retries": 0}
+                )
         except ApiError as exc:
             raise UpstreamError(f"ElevenLabs answered HTTP {exc.status_code}", exc.status_code) from None
         except TimeoutError:

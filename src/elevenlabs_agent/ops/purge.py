@@ -1,27 +1,32 @@
 """Purge stuck tasks or sessions: dry run by default; for real, backup first, then batched UNLINK.
 
-Each SCAN batch is read (values and TTLs), filtered, appended to the backup file and flushed, and
-only then unlinked, so the backup always holds everything that was deleted. A lease keeps two purges
-from running at once; running the same purge twice is harmless (the second finds nothing).
+Each SCAN batch is read whole (values and remaining TTLs, through the pipelined `HashReader`),
+filtered, appended to the backup file and flushed, and only then unlinked: the backup always holds
+everything that was deleted. Every command stays small (batches of 1000 keys), so Redis never
+blocks for long. A lease keeps two purges from running at once; running the same purge twice is
+harmless (the second finds nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 from redis.asyncio import Redis
 
-from elevenlabs_agent.ops.keyspace import read_keys, scan_batches
+from elevenlabs_agent.ops.bulk import HashReader
+from elevenlabs_agent.ops.keyspace import scan_batches
 from elevenlabs_agent.stores import KeyFamily
 from elevenlabs_agent.stores.locks import Lease
-from elevenlabs_agent.timeutil import parse_iso
 
 SAMPLE_SIZE = 20
+BATCH = 1000
 # Which hash field dates each purgeable family, for --older-than.
 AGE_FIELD = {"tasks": "createdAt", "sessions": "registeredAt"}
 
@@ -31,19 +36,22 @@ class PurgeFilter:
     older_than: float | None = None  # seconds
     status: str | None = None  # tasks only
 
-    def matches(self, family: str, value: dict[str, str], now: float) -> bool:
-        if self.status is not None and value.get("status") != self.status:
-            return False
+    def matcher(self, family: str) -> Callable[[dict[str, str]], bool]:
+        """Timestamps are fixed-width ISO 8601 UTC, so they compare as strings; an undated record
+        matches (undated records are the stuck ones an operator is after)."""
+        cutoff = None
         if self.older_than is not None:
-            stamp = value.get(AGE_FIELD[family])
-            if not stamp:
-                return True  # undated records are the stuck ones an operator is after
-            try:
-                created = parse_iso(stamp).timestamp()
-            except ValueError:
-                return True
-            return now - created >= self.older_than
-        return True
+            moment = datetime.fromtimestamp(time.time() - self.older_than, UTC)
+            cutoff = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        date_field, status = AGE_FIELD[family], self.status
+
+        def matches(value: dict[str, str]) -> bool:
+            if status is not None and value.get("status") != status:
+                return False
+            dated = value.get(date_field)
+            return cutoff is None or dated is None or dated <= cutoff
+
+        return matches
 
 
 @dataclass
@@ -73,6 +81,7 @@ Progress = Callable[[PurgeReport], None]
 
 async def purge(
     redis: Redis,
+    redis_url: str,
     family: KeyFamily,
     flt: PurgeFilter,
     *,
@@ -81,46 +90,73 @@ async def purge(
     progress: Progress | None = None,
 ) -> PurgeReport:
     report = PurgeReport(family.name, dry_run=not execute, backup=str(backup) if execute and backup else None)
-    if not execute:
-        await _walk(redis, family, flt, report, None, progress)
-        return report
-    if backup is None:
+    if execute and backup is None:
         raise ValueError("a real purge needs a backup file")
-    lease = Lease(redis, "purge")
-    await lease.acquire()
+    lease = Lease(redis, "purge") if execute else None
+    if lease is not None:
+        await lease.acquire()
+    reader = await HashReader.open(redis_url)
     try:
-        with backup.open("a", encoding="utf-8") as out:
-            await _walk(redis, family, flt, report, (out, lease), progress)
-            out.flush()
+        if backup is None:
+            await _walk(redis, reader, family, flt, report, None, progress)
+        else:
+            with backup.open("a", encoding="utf-8") as out:
+                await _walk(redis, reader, family, flt, report, out, progress, lease)
     finally:
-        await lease.release()
+        await reader.aclose()
+        if lease is not None:
+            await lease.release()
     return report
 
 
 async def _walk(
     redis: Redis,
+    reader: HashReader,
     family: KeyFamily,
     flt: PurgeFilter,
     report: PurgeReport,
-    sink: tuple[TextIO, Lease] | None,
+    out: TextIO | None,
     progress: Progress | None,
+    lease: Lease | None = None,
 ) -> None:
-    now = time.time()
-    async for keys in scan_batches(redis, family.pattern):
-        report.scanned += len(keys)
-        records = await read_keys(redis, keys, family.redis_type)
-        doomed = [r for r in records if flt.matches(family.name, r["value"], now)]
-        report.matched += len(doomed)
-        for record in doomed[: SAMPLE_SIZE - len(report.sample)]:
-            report.sample.append({"key": record["key"], "ttl_ms": record["ttl_ms"], **_summary(record["value"])})
-        if sink is not None and doomed:
-            out, lease = sink
-            out.write("".join(orjson.dumps(r).decode() + "\n" for r in doomed))
-            out.flush()  # the backup of a batch is written before the batch is deleted
-            report.deleted += await redis.unlink(*[r["key"] for r in doomed])
-            await lease.renew()
-        if progress is not None:
-            progress(report)
+    matches = flt.matcher(family.name)
+    unlinks: list[asyncio.Future[int]] = []
+    in_flight: list[str] | None = None
+    seen: set[int] = set()
+    batches = scan_batches(redis, family.pattern, BATCH)
+    while True:
+        # Keep one batch's reads in flight while the previous one is filtered and written.
+        batch = await anext(batches, None)
+        if batch is not None:
+            # SCAN may return a key twice (while Redis rehashes); the second copy must not be backed
+            # up again. Hashes suffice: a collision can only make us skip a key, never delete one.
+            batch = [key for key in batch if hash(key) not in seen]
+            seen.update(hash(key) for key in batch)
+            reader.send_reads(batch)
+            report.scanned += len(batch)
+        if in_flight is not None:
+            records = [r for r in await reader.receive_reads(in_flight) if matches(r[2])]
+            report.matched += len(records)
+            for key, ttl, value in records[: max(0, SAMPLE_SIZE - len(report.sample))]:
+                report.sample.append({"key": key, "ttl_ms": ttl, **_summary(value)})
+            if out is not None and records:
+                out.write("".join(_backup_line(*record) for record in records))
+                out.flush()  # the backup of a batch is written before the batch is deleted
+                unlinks.append(asyncio.ensure_future(redis.unlink(*[key for key, _, _ in records])))
+                if lease is not None and len(unlinks) % 50 == 0:
+                    await lease.renew()
+            if progress is not None:
+                progress(report)
+        if batch is None:
+            break
+        in_flight = batch
+    report.deleted = sum(await asyncio.gather(*unlinks))
+    if progress is not None:
+        progress(report)
+
+
+def _backup_line(key: str, ttl: int, value: dict[str, str]) -> str:
+    return orjson.dumps({"key": key, "type": "hash", "ttl_ms": ttl, "value": value}).decode() + "\n"
 
 
 def _summary(value: dict[str, str]) -> dict[str, str]:
