@@ -65,9 +65,12 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     from redis.exceptions import RedisError
 
     url = _require_url(redis_url)
+    try:
+        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
+    except ValueError as exc:
+        raise click.ClickException(f"invalid Redis URL: {exc}") from None
 
     async def main() -> T:
-        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
         try:
             return await work(redis)
         finally:
@@ -77,8 +80,6 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except RedisError as exc:
         raise click.ClickException(f"Redis error: {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach Redis: {exc}") from None
 
 
 def _require_url(redis_url: str | None) -> str:
@@ -210,14 +211,14 @@ def stats(redis_url: str | None, as_json: bool) -> None:
                 f["count"],
                 f["withoutTtl"],
                 f"{f['memoryBytesEstimate']:,} B",
-                " ".join(f"{k}={v}" for k, v in f.items() if k in ("byStatus", "oldestPendingSeconds", "stuckPending")),
+                _family_notes(f),
             ]
             for f in families
         ],
     )
 
 
-def _task_notes(stats: dict[str, Any]) -> str:
+def _family_notes(stats: dict[str, Any]) -> str:
     from elevenlabs_agent.ops.durations import format_duration
 
     if "resultsWaiting" in stats:
@@ -323,7 +324,7 @@ def _purge(
     backup: Path | None,
     yes: bool,
 ) -> None:
-    from elevenlabs_agent.ops.purge import PurgeFilter, purge
+    from elevenlabs_agent.ops.purge import BackupFailed, PurgeFilter, purge
     from elevenlabs_agent.stores import family
     from elevenlabs_agent.stores.locks import LockBusy
 
@@ -338,7 +339,7 @@ def _purge(
                 redis_url,
                 lambda redis: purge(redis, url, family(name), flt, execute=yes, backup=backup, progress=progress),
             )
-        except LockBusy as exc:
+        except (LockBusy, BackupFailed) as exc:
             raise click.ClickException(str(exc)) from None
     if as_json:
         _print_json(report.as_dict())

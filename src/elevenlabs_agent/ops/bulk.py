@@ -15,14 +15,16 @@ from typing import Any
 
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # One key's two commands as raw RESP.
 _READ_HASH = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n"
 _READ_SIZE = 1 << 20
 
 
-class BulkError(RuntimeError):
-    pass
+REPLY_TIMEOUT = 30.0
 
 
 class HashReader:
@@ -34,12 +36,16 @@ class HashReader:
     @classmethod
     async def open(cls, url: str, timeout: float = 5.0) -> HashReader:
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(timeout):
+                if options.get("connection_class") is UnixDomainSocketConnection:
+                    reader, writer = await asyncio.open_unix_connection(options["path"])
+                else:
+                    tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
+                    reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379), ssl=tls)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot reach Redis: {exc or 'timed out'}") from None
         async with asyncio.timeout(timeout):
-            if options.get("connection_class") is UnixDomainSocketConnection:
-                reader, writer = await asyncio.open_unix_connection(options["path"])
-            else:
-                tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
-                reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379), ssl=tls)
             conn = cls(reader, writer)
             hello: list[str] = ["HELLO", "3"]
             if options.get("password") is not None:
@@ -53,7 +59,7 @@ class HashReader:
         self._writer.write(hiredis.pack_command(args))  # type: ignore[arg-type]
         (reply,) = await self._replies(1)
         if isinstance(reply, hiredis.ReplyError):
-            raise BulkError(f"{args[0]} failed: {reply}")
+            raise ResponseError(f"{args[0]} failed: {reply}")
         return reply
 
     def send_reads(self, keys: list[str]) -> None:
@@ -74,17 +80,23 @@ class HashReader:
         ]
 
     async def _replies(self, count: int) -> list[Any]:
-        await self._writer.drain()
         replies: list[Any] = []
-        while len(replies) < count:
-            reply = self._parser.gets()
-            if reply is False:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    raise BulkError("Redis closed the connection")
-                self._parser.feed(data)
-            else:
-                replies.append(reply)
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                await self._writer.drain()
+                while len(replies) < count:
+                    reply = self._parser.gets()
+                    if reply is False:
+                        data = await self._reader.read(_READ_SIZE)
+                        if not data:
+                            raise RedisConnectionError("Redis closed the connection")
+                        self._parser.feed(data)
+                    else:
+                        replies.append(reply)
+        except TimeoutError:
+            raise RedisTimeoutError(f"Redis did not answer within {REPLY_TIMEOUT:.0f} s") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"connection to Redis failed: {exc}") from None
         return replies
 
     async def aclose(self) -> None:

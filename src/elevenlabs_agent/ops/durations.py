@@ -14,14 +14,16 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
 def format_duration(seconds: float) -> str:
-    """The two largest units: 1d2h, 3h5m, 4m10s, 9s."""
+    """The largest unit and the next one down, zero parts left out: 1d2h, 2d, 3h5m, 1m, 4m10s, 9s."""
     seconds = max(0, int(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size or (unit == "s" and not parts):
+    first = next(i for i, (_, size) in enumerate(_UNITS) if seconds >= size or size == 1)
+    parts = []
+    for unit, size in _UNITS[first : first + 2]:
+        if seconds // size or not parts:
             parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
+        seconds %= size
     return "".join(parts)

@@ -25,6 +25,11 @@ from elevenlabs_agent.ops.keyspace import scan_batches
 from elevenlabs_agent.stores import KeyFamily
 from elevenlabs_agent.stores.locks import Lease
 
+
+class BackupFailed(Exception):
+    """The backup could not be written; the batch it was for was not deleted."""
+
+
 SAMPLE_SIZE = 20
 BATCH = 1000
 # Which hash field dates each purgeable family, for --older-than.
@@ -92,20 +97,29 @@ async def purge(
     report = PurgeReport(family.name, dry_run=not execute, backup=str(backup) if execute and backup else None)
     if execute and backup is None:
         raise ValueError("a real purge needs a backup file")
-    lease = Lease(redis, "purge") if execute else None
-    if lease is not None:
-        await lease.acquire()
-    reader = await HashReader.open(redis_url)
-    try:
-        if backup is None:
+    if not execute:
+        reader = await HashReader.open(redis_url)
+        try:
             await _walk(redis, reader, family, flt, report, None, progress)
-        else:
+        finally:
+            await reader.aclose()
+        return report
+    assert backup is not None
+    lease = Lease(redis, "purge")
+    await lease.acquire()
+    try:
+        reader = await HashReader.open(redis_url)
+        try:
             with backup.open("a", encoding="utf-8") as out:
                 await _walk(redis, reader, family, flt, report, out, progress, lease)
+        except OSError as exc:
+            raise BackupFailed(
+                f"cannot write the backup {backup}: {exc.strerror or exc}; nothing more was deleted"
+            ) from None
+        finally:
+            await reader.aclose()
     finally:
-        await reader.aclose()
-        if lease is not None:
-            await lease.release()
+        await lease.release()
     return report
 
 

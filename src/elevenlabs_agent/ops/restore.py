@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from elevenlabs_agent.ops.keyspace import queue_write
+from elevenlabs_agent.ops.keyspace import queue_write, record_problem
 
 BATCH = 1000
 
@@ -39,6 +39,7 @@ class BackupFormatError(ValueError):
 
 
 def read_backup(path: Path) -> Iterator[list[dict[str, Any]]]:
+    """Batches of validated records; BackupFormatError names the first bad line."""
     batch: list[dict[str, Any]] = []
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
@@ -46,10 +47,10 @@ def read_backup(path: Path) -> Iterator[list[dict[str, Any]]]:
                 continue
             try:
                 record = orjson.loads(line)
-                if not isinstance(record, dict) or not {"key", "type", "ttl_ms", "value"} <= record.keys():
-                    raise ValueError("missing fields")
-            except ValueError as exc:
-                raise BackupFormatError(f"{path}:{number}: not a backup record ({exc})") from None
+            except orjson.JSONDecodeError:
+                raise BackupFormatError(f"{path}:{number}: not JSON") from None
+            if (problem := record_problem(record)) is not None:
+                raise BackupFormatError(f"{path}:{number}: not a backup record ({problem})")
             batch.append(record)
             if len(batch) == BATCH:
                 yield batch
@@ -62,6 +63,8 @@ async def restore(
     redis: Redis, path: Path, *, execute: bool, force: bool, progress: Callable[[RestoreReport], None] | None = None
 ) -> RestoreReport:
     report = RestoreReport(dry_run=not execute)
+    for _ in read_backup(path):
+        pass  # the whole file is checked before anything is written
     for batch in read_backup(path):
         report.read += len(batch)
         async with redis.pipeline(transaction=False) as pipe:
