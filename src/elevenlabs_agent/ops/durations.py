@@ -21,7 +21,7 @@ def format_duration(seconds: float) -> str:
     """The largest unit and the next one down, zero parts left out: 1d2h, 2d, 3h5m, 1m, 4m10s, 9s."""
     seconds = max(0, int(seconds))
     first = next(i for i, (_, size) in enumerate(_UNITS) if seconds >= size or size == 1)
-    parts = []
+    parts: list[str] = []
     for unit, size in _UNITS[first : first + 2]:
         if seconds // size or not parts:
             parts.append(f"{seconds // size}{unit}")

@@ -83,6 +83,18 @@ class ToolCall:
         return prompt
 
 
+def _answer(task_id: str, status: str, message: str, **extra: str) -> dict[str, Any]:
+    """A code tool's answer to ElevenLabs: `message` is what the agent says."""
+    return {
+        "success": status != "failed",
+        "requestId": task_id,
+        "taskId": task_id,
+        "status": status,
+        "message": message,
+        **extra,
+    }
+
+
 def _optional_id(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is None or value == "":
@@ -178,13 +190,7 @@ class ToolService:
         if result.ok:
             log.info(events.DISPATCH_SUCCEEDED, taskId=task_id, conversationId=conversation_id)
             metrics.WEBHOOKS.labels("task_started").inc()
-            return {
-                "success": True,
-                "requestId": task_id,
-                "taskId": task_id,
-                "status": "started",
-                "message": speech.TASK_STARTED,
-            }
+            return _answer(task_id, "started", speech.TASK_STARTED)
 
         log.warning(
             events.DISPATCH_FAILED,
@@ -198,13 +204,7 @@ class ToolService:
         if not await self.tasks.fail_dispatch(task_id, error, now_iso()):
             # cursor-runner's callback beat its own answer (or its timeout): the task did run.
             metrics.WEBHOOKS.labels("task_started").inc()
-            return {
-                "success": True,
-                "requestId": task_id,
-                "taskId": task_id,
-                "status": "finished",
-                "message": speech.TASK_ALREADY_FINISHED,
-            }
+            return _answer(task_id, "finished", speech.TASK_ALREADY_FINISHED)
         failed = {
             **message,
             "status": "failed",
@@ -217,14 +217,7 @@ class ToolService:
             )
             await pipe.execute()
         metrics.WEBHOOKS.labels("dispatch_failed").inc()
-        return {
-            "success": False,
-            "requestId": task_id,
-            "taskId": task_id,
-            "status": "failed",
-            "error": error,
-            "message": speech.DISPATCH_FAILED,
-        }
+        return _answer(task_id, "failed", speech.DISPATCH_FAILED, error=error)
 
     async def task_status(self, call: ToolCall) -> dict[str, Any]:
         task_id = next(
