@@ -65,6 +65,9 @@ class Runtime:
     conversations: ConversationService
     signed_urls: SignedUrlService
     draining: bool = False
+    # When set (monotonic time), in-flight work must be done by then: SHUTDOWN_TIMEOUT_SECONDS
+    # bounds requests and deliveries together, not each on its own.
+    stop_deadline: float | None = None
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -100,6 +103,11 @@ class Runtime:
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
         )
+
+    def time_left(self, default: float) -> float:
+        if self.stop_deadline is None:
+            return default
+        return max(0.5, self.stop_deadline - time.monotonic())
 
     def start_draining(self) -> None:
         """Readiness fails from now on, so load balancers stop sending new work here."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -26,30 +27,40 @@ class DrainingServer(uvicorn.Server):
     period (so a load balancer can take us out), then uvicorn's graceful shutdown runs. A second
     signal exits at once. Exit status is 0 either way (uvicorn would re-raise the signal)."""
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime, drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, drain_seconds: float, shutdown_timeout: float) -> None:
         super().__init__(config)
         self.runtime = runtime
         self.drain_seconds = drain_seconds
+        self.shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signalled = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.runtime.draining or self._loop is None:
-            if self._loop is not None:  # signal handlers must not touch asyncio objects directly
-                self._loop.call_soon_threadsafe(self.runtime.delivery.close_streams)
+        # A signal handler may interrupt a log write or a metrics update that holds a lock, so it
+        # only sets flags and hands everything else to the event loop.
+        if self._loop is None or self._signalled:
             self.should_exit = True
             self.force_exit = True
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.runtime.delivery.close_streams)
             return
+        self._signalled = True
+        self._loop.call_soon_threadsafe(self._start_drain, sig)
+
+    def _start_drain(self, sig: int) -> None:
         self.runtime.start_draining()
         log.info(events.SERVICE_DRAINING, signal=sig, drainSeconds=self.drain_seconds)
-        self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._finish)
+        assert self._loop is not None
+        self._loop.call_later(self.drain_seconds, self._finish)
 
     def _finish(self) -> None:
         # Open SSE streams would hold uvicorn's graceful shutdown until its timeout: end them now.
         self.runtime.delivery.close_streams()
+        self.runtime.stop_deadline = time.monotonic() + self.shutdown_timeout
         self.should_exit = True
 
 
@@ -81,8 +92,8 @@ def run(settings: Settings) -> None:
             http="auto",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
             proxy_headers=True,
         )
-        server = DrainingServer(config, app.state.runtime, settings.drain_seconds)
+        server = DrainingServer(config, app.state.runtime, settings.drain_seconds, settings.shutdown_timeout_seconds)
         server.run()

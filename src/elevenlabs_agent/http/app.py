@@ -39,7 +39,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             await housekeeper.stop()
             runtime.start_draining()
             log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
-            finished = await runtime.delivery.drain(settings.shutdown_timeout_seconds)
+            finished = await runtime.delivery.drain(runtime.time_left(settings.shutdown_timeout_seconds))
             await runtime.close()
             log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
 

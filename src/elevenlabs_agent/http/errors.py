@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from elevenlabs_agent import events
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.services import errors
+from elevenlabs_agent.services import errors, speech
 
 log = get_logger()
 
@@ -26,7 +26,6 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.UpstreamFailed: 502,
 }
 MAX_JSON_DEPTH = 32
-STORAGE_DOWN = "The service's storage is unavailable right now. Please try again shortly."
 
 
 class JSONResponse(Response):
@@ -109,7 +108,7 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_redis_error(request: Request, exc: Exception) -> Response:
     log.error(events.REDIS_UNAVAILABLE, path=request.url.path, error=type(exc).__name__)
-    return error_response(503, "storage (Redis) is unavailable", message=STORAGE_DOWN)
+    return error_response(503, "storage (Redis) is unavailable", message=speech.STORAGE_DOWN)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -9,7 +9,7 @@ TASK_STARTED = "I've started working on that. I'll let you know as soon as it's 
 DISPATCH_FAILED = (
     "I couldn't start that task because the coding service isn't available right now. Please try again in a moment."
 )
-STORAGE_DOWN = "I can't start tasks right now because my storage is unavailable. Please try again shortly."
+STORAGE_DOWN = "I can't do that right now because my storage is unavailable. Please try again shortly."
 TASK_ALREADY_FINISHED = "That task has already finished. I'll tell you the result in a moment."
 CONVERSATION_FULL = "This conversation is too long for new tasks. Please start a new conversation."
 NO_TASKS = "I don't see any tasks for this conversation yet."
