@@ -9,7 +9,6 @@ harmless (the second finds nothing).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +133,7 @@ async def _walk(
     lease: Lease | None = None,
 ) -> None:
     matches = flt.matcher(family.name)
-    unlinks: list[asyncio.Future[int]] = []
+    unlink_batches = 0
     in_flight: list[str] | None = None
     seen: set[int] = set()
     batches = scan_batches(redis, family.pattern, BATCH)
@@ -156,15 +155,17 @@ async def _walk(
             if out is not None and records:
                 out.write("".join(_backup_line(*record) for record in records))
                 out.flush()  # the backup of a batch is written before the batch is deleted
-                unlinks.append(asyncio.ensure_future(redis.unlink(*[key for key, _, _ in records])))
-                if lease is not None and len(unlinks) % 50 == 0:
+                reader.send_unlink([key for key, _, _ in records])
+                unlink_batches += 1
+                if lease is not None and unlink_batches % 50 == 0:
                     await lease.renew()
             if progress is not None:
                 progress(report)
         if batch is None:
             break
         in_flight = batch
-    report.deleted = sum(await asyncio.gather(*unlinks))
+    await reader.finish_unlinks()
+    report.deleted = reader.unlinked
     if progress is not None:
         progress(report)
 
