@@ -253,7 +253,7 @@ def seed_mixed(store: redis_sync.Redis) -> dict[str, str]:
     keys = {
         "stuck1": seed_task(store, "t-stuck1", age=timedelta(days=2), conversation_id="conv-a"),
         "stuck2": seed_task(store, "t-stuck2", age=timedelta(hours=30), conversation_id="conv-b"),
-        "fresh": seed_task(store, "t-fresh", age=timedelta(hours=1), conversation_id="conv-a"),
+        "fresh": seed_task(store, "t-fresh", age=timedelta(minutes=20), conversation_id="conv-a"),
         "old_done": seed_task(store, "t-old-done", status="completed", age=timedelta(days=3)),
         "old_failed": seed_task(store, "t-old-failed", status="failed", age=timedelta(hours=26)),
         "session_a": seed_session(store, "conv-a", age=timedelta(minutes=5)),
@@ -322,7 +322,7 @@ def test_format_duration_round_trips_whole_units(text: str) -> None:
 
 def seed_for_stats(store: redis_sync.Redis) -> None:
     seed_task(store, "t-stuck", age=timedelta(days=2))
-    seed_task(store, "t-fresh", age=timedelta(hours=1))
+    seed_task(store, "t-fresh", age=timedelta(minutes=20))
     seed_task(store, "t-nottl", age=timedelta(minutes=10), ttl=None)
     seed_task(store, "t-done", status="completed", age=timedelta(days=3))
     seed_task(store, "t-failed", status="failed", age=timedelta(hours=1))

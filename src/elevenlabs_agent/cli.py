@@ -96,9 +96,10 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # emoji=False: rich would render the `:lock:` in `elevenlabs:lock:*` as an emoji.
+    console = Console(emoji=False)
     if not console.is_terminal:  # piped into a file or grep: do not squeeze columns to 80 characters
-        console = Console(width=200)
+        console = Console(width=200, emoji=False)
     table = Table(title=title)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -289,7 +290,7 @@ def tasks() -> None:
 @older_than_option
 @limit_option
 def tasks_list(redis_url: str | None, as_json: bool, status: str | None, older_than: float | None, limit: int) -> None:
-    """List tasks, e.g. the stuck ones: --status pending --older-than 24h."""
+    """List tasks, e.g. the stuck ones: --status pending --older-than 1h."""
     _list(
         "tasks",
         redis_url,

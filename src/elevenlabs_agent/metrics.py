@@ -31,7 +31,9 @@ DRAINING = Gauge(PREFIX + "draining", "1 while the instance drains for shutdown"
 ACTIVE_SESSIONS = Gauge(PREFIX + "active_sessions", "Live session registrations in Redis")
 PENDING_TASKS = Gauge(PREFIX + "pending_tasks", "Tasks waiting for their cursor-runner callback")
 OLDEST_PENDING_TASK_AGE = Gauge(PREFIX + "oldest_pending_task_age_seconds", "Age of the oldest pending task")
-STUCK_PENDING_TASKS = Gauge(PREFIX + "stuck_pending_tasks", "Tasks pending for longer than 24 h")
+STUCK_PENDING_TASKS = Gauge(
+    PREFIX + "stuck_pending_tasks", "Tasks pending for longer than 1 h (their callback is lost)"
+)
 RESULTS_WAITING = Gauge(PREFIX + "results_waiting", "Results stored but not yet confirmed by any delivery channel")
 OLDEST_RESULT_WAITING_AGE = Gauge(
     PREFIX + "oldest_result_waiting_age_seconds", "Age of the oldest result not yet confirmed delivered"

@@ -14,7 +14,9 @@ from elevenlabs_agent.stores import KEY_FAMILIES, KeyFamily, family, outbox
 from elevenlabs_agent.timeutil import parse_iso
 
 MEMORY_SAMPLE = 50
-STUCK_TASK_AGE = 86_400.0
+# cursor-runner works for minutes; a task still pending after an hour has lost its callback. (Tasks
+# expire after 24 h, so a 24 h threshold would only ever see keys that lost their TTL.)
+STUCK_TASK_AGE = 3_600.0
 # Work younger than this may still be in progress on some instance: leave it alone.
 RECOVERY_GRACE = 30.0
 MAX_RECOVERY_BATCH = 1000
