@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from elevenlabs_agent import SERVICE_NAME, __version__, events, metrics
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
+from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.callbacks import CallbackBody
 from elevenlabs_agent.services.conversations import require_id
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
@@ -155,7 +157,7 @@ async def agent_tools(request: Request) -> Response:
     elif not settings.elevenlabs_agent_insecure_dev:
         log.error(events.WEBHOOK_NOT_CONFIGURED)
         metrics.WEBHOOKS.labels("not_configured").inc()
-        raise Unavailable("webhook is not configured (WEBHOOK_SECRET is not set)")
+        raise Unavailable("webhook is not configured (WEBHOOK_SECRET is not set)", message=speech.NOT_CONFIGURED)
     body = await read_json(request, settings.max_body_bytes)
     path_tool = request.path_params.get("tool_name")
     call = ToolCall.parse(body, path_tool)
@@ -282,6 +284,9 @@ async def events_stream(request: Request) -> Response:
                     continue
                 data = orjson.dumps({**event.data, "eventId": event.id})
                 yield b"id: " + event.id.encode() + b"\nevent: task_update\ndata: " + data + b"\n\n"
+        except RedisError as exc:
+            # The response has started: the stream can only end. The browser reconnects by itself.
+            log.error(events.REDIS_UNAVAILABLE, path=request.url.path, error=type(exc).__name__)
         finally:
             metrics.SSE_SUBSCRIBERS.dec()
             log.info(events.SSE_DISCONNECTED, conversationId=conversation_id)

@@ -51,9 +51,12 @@ class Housekeeper:
             metrics.REDIS_UP.set(up)
             metrics.DRAINING.set(self.runtime.draining)
             metrics.INFLIGHT_DELIVERIES.set(self.runtime.delivery.inflight)
-            if up and not self.runtime.draining and time.monotonic() >= next_pass:
+            if not self.runtime.draining and time.monotonic() >= next_pass:
                 next_pass = time.monotonic() + self.interval
-                await self.run_pass()
+                if up:
+                    await self.run_pass()
+                else:
+                    log.warning(events.HOUSEKEEPING_FAILED, error="redis unreachable")
             await asyncio.sleep(min(PING_INTERVAL, self.interval))
 
     async def run_pass(self) -> None:

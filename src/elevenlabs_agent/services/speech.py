@@ -12,6 +12,7 @@ DISPATCH_FAILED = (
 STORAGE_DOWN = "I can't do that right now because my storage is unavailable. Please try again shortly."
 TASK_ALREADY_FINISHED = "That task has already finished. I'll tell you the result in a moment."
 CONVERSATION_FULL = "This conversation is too long for new tasks. Please start a new conversation."
+NOT_CONFIGURED = "I can't run code tasks yet: this service has not been set up. Please tell the operator."
 NO_TASKS = "I don't see any tasks for this conversation yet."
 TASK_NOT_FOUND = "I couldn't find that task. It may have expired."
 SUMMARY_CHARS = 600
