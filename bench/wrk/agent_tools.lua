@@ -1,0 +1,18 @@
+-- POST /agent-tools with the original body shape (SPEC §4); each request names its own conversation.
+local counter = 0
+local thread_id = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_id", #threads)
+  table.insert(threads, thread)
+end
+
+function request()
+  counter = counter + 1
+  local body = '{"agent_id":"agent_bench","session_id":"s-bench","tool_name":"code_task",' ..
+               '"tool_args":{"prompt":"Add a health check"},"conversation_id":"conv-' ..
+               thread_id .. '-' .. counter .. '"}'
+  return wrk.format("POST", "/agent-tools", {["Content-Type"] = "application/json",
+                                             ["X-Webhook-Secret"] = os.getenv("BENCH_WEBHOOK_SECRET")}, body)
+end
