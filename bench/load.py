@@ -17,13 +17,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine, pipe_into_redis, resp, write_results  # noqa: E402
 
 WRK = ROOT / "bench" / "wrk"
 WEBHOOK_SECRET = "bench-webhook-secret"
@@ -77,6 +80,7 @@ def proc_figures(pid: int) -> tuple[float, int]:
 def run_wrk(wrk: str, url: str, script: str | None, args: argparse.Namespace, pid: int | None) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         if script:
+            f.write((WRK / "threads.lua").read_text())
             f.write((WRK / script).read_text())
         f.write((WRK / "report.lua").read_text())
     env = {**os.environ, "BENCH_WEBHOOK_SECRET": WEBHOOK_SECRET, "BENCH_TASK_SECRET": TASK_SECRET}
@@ -102,22 +106,14 @@ def run_wrk(wrk: str, url: str, script: str | None, args: argparse.Namespace, pi
 
 
 def seed_tasks(port: int, threads: int, per_thread: int) -> None:
-    """Pending tasks bench-<thread>-<n>, each accepting TASK_SECRET, via redis-cli --pipe."""
+    """Pending tasks bench-<thread>-<n>, each accepting TASK_SECRET."""
     token_hash = hashlib.sha256(TASK_SECRET.encode()).hexdigest()
 
-    def resp(*args: str) -> bytes:
-        out = [f"*{len(args)}\r\n".encode()]
-        for a in args:
-            b = a.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        return b"".join(out)
-
-    chunks = []
-    for t in range(threads):
-        for n in range(1, per_thread + 1):
-            key = f"cursor_task:bench-{t}-{n}"
-            chunks.append(
-                resp(
+    def commands() -> Iterator[bytes]:
+        for t in range(threads):
+            for n in range(1, per_thread + 1):
+                key = f"cursor_task:bench-{t}-{n}"
+                yield resp(
                     "HSET",
                     key,
                     "taskId",
@@ -137,9 +133,9 @@ def seed_tasks(port: int, threads: int, per_thread: int) -> None:
                     "tokenHash",
                     token_hash,
                 )
-            )
-            chunks.append(resp("EXPIRE", key, "86400"))
-    subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=b"".join(chunks), check=True, capture_output=True)
+                yield resp("EXPIRE", key, "86400")
+
+    pipe_into_redis(port, commands())
 
 
 def redis_ping_rps(port: int, connections: int) -> int:
@@ -261,7 +257,7 @@ def main() -> None:
         "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s",
         "redis_ping_rps": ping,
         "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     cols = [
@@ -280,9 +276,7 @@ def main() -> None:
     for name, figures in runs.items():
         print(f"{name:<30}" + "".join(f"{figures.get(c, ''):>17}" for c in cols))
     print(f"redis-benchmark PING: {ping} req/s")
-    out = ROOT / "bench" / "results" / f"load-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results("load", report)
     print(f"written: {out.relative_to(ROOT)}")
 
 

@@ -12,14 +12,13 @@ SLOWLOG (threshold 10 ms). Prints a table and writes bench/results/purge-<time>.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,27 +28,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis_server import RedisServer  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine, pipe_into_redis, resp, write_results  # noqa: E402
+
 CREATED = "2026-01-01T00:00:00.000Z"
 
 
 def seed(port: int, count: int) -> float:
-    """Seed via redis-cli --pipe (raw RESP), the fastest loader; returns seconds."""
-
-    def resp(*args: str) -> bytes:
-        out = [f"*{len(args)}\r\n".encode()]
-        for a in args:
-            b = a.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        return b"".join(out)
-
+    """N stuck pending tasks; returns seconds."""
     started = time.perf_counter()
-    proc = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert proc.stdin is not None
-    chunk = []
-    for i in range(count):
-        key = f"cursor_task:bench-{i:07d}"
-        chunk.append(
-            resp(
+
+    def commands() -> Iterator[bytes]:
+        for i in range(count):
+            key = f"cursor_task:bench-{i:07d}"
+            yield resp(
                 "HSET",
                 key,
                 "taskId",
@@ -65,14 +57,9 @@ def seed(port: int, count: int) -> float:
                 "prompt",
                 "benchmark task",
             )
-        )
-        chunk.append(resp("EXPIRE", key, "86400"))
-        if len(chunk) >= 20000:
-            proc.stdin.write(b"".join(chunk))
-            chunk = []
-    proc.stdin.write(b"".join(chunk))
-    proc.stdin.close()
-    proc.wait()
+            yield resp("EXPIRE", key, "86400")
+
+    pipe_into_redis(port, commands())
     return time.perf_counter() - started
 
 
@@ -189,7 +176,7 @@ def main() -> None:
         "benchmark": "purge",
         "keys": args.keys,
         "seed_seconds": round(seeded, 2),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "runs": [baseline, ours],
         "ratio_ours_to_baseline": ratio,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -209,9 +196,7 @@ def main() -> None:
     for run in report["runs"]:  # type: ignore[attr-defined]
         print(" | ".join(str(run.get(c, "")) for c in cols))
     print(f"ratio (ours / baseline): {ratio}x   backup lines: {ours['backup_lines']} ({ours['backup_mb']} MB)")
-    out = ROOT / "bench" / "results" / f"purge-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results("purge", report)
     print(f"written: {out.relative_to(ROOT)}")
 
 

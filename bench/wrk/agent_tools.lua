@@ -1,13 +1,4 @@
 -- POST /agent-tools with the original body shape (SPEC §4); each request names its own conversation.
-local counter = 0
-local thread_id = 0
-local threads = {}
-
-function setup(thread)
-  thread:set("thread_id", #threads)
-  table.insert(threads, thread)
-end
-
 function request()
   counter = counter + 1
   local body = '{"agent_id":"agent_bench","session_id":"s-bench","tool_name":"code_task",' ..

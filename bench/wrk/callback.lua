@@ -1,14 +1,5 @@
 -- POST /callback with cursor-runner's completion body; each request completes a different
 -- pre-seeded task (bench-<thread>-<n>), authenticated with that task's secret.
-local counter = 0
-local thread_id = 0
-local threads = {}
-
-function setup(thread)
-  thread:set("thread_id", #threads)
-  table.insert(threads, thread)
-end
-
 function request()
   counter = counter + 1
   local id = string.format("bench-%d-%d", thread_id, counter)

@@ -57,8 +57,6 @@ class Runtime:
     blocking_redis: Redis
     cursor_runner: CursorRunnerClient
     elevenlabs: ElevenLabsClient | None
-    tasks: TaskStore
-    outbox: Outbox
     delivery: DeliveryService
     tools: ToolService
     callbacks: CallbackService
@@ -95,8 +93,6 @@ class Runtime:
             blocking_redis=blocking_redis,
             cursor_runner=cursor_runner,
             elevenlabs=elevenlabs,
-            tasks=tasks,
-            outbox=outbox,
             delivery=delivery,
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
             callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
