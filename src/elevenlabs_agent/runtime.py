@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from elevenlabs_agent import metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient
+from elevenlabs_agent.muxredis import MuxRedis
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.services.conversations import ConversationService
 from elevenlabs_agent.services.delivery import DeliveryService
@@ -71,7 +72,11 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, redis_url: str) -> Runtime:
         s = settings
-        redis = connect_redis(redis_url, s.redis_timeout_seconds)
+        redis = (
+            MuxRedis(redis_url, s.redis_timeout_seconds)
+            if MuxRedis.serves(redis_url)
+            else connect_redis(redis_url, s.redis_timeout_seconds)
+        )
         blocking_redis = connect_redis(redis_url, s.redis_timeout_seconds, blocking=True)
         runner_secret = s.cursor_runner_secret.get_secret_value() if s.cursor_runner_secret else None
         cursor_runner = CursorRunnerClient(s.cursor_runner_url, runner_secret, s.dispatch_timeout_seconds)
