@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from elevenlabs_agent import events
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
-from elevenlabs_agent.http.middleware import FeatureFlagMiddleware, ObservabilityMiddleware
+from elevenlabs_agent.http.middleware import EdgeMiddleware
 from elevenlabs_agent.http.routes import ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
@@ -19,6 +20,8 @@ from elevenlabs_agent.services.housekeeping import Housekeeper
 from elevenlabs_agent.settings import Settings
 
 log = get_logger()
+# Called by ElevenLabs, cursor-runner and load balancers at rate: served past most of the stack.
+HOT_PATHS = frozenset({"/agent-tools", "/callback", "/health", "/ready"})
 
 
 def create_app(settings: Settings, redis_url: str) -> Starlette:
@@ -46,7 +49,12 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
-            Middleware(ObservabilityMiddleware),
+            Middleware(
+                EdgeMiddleware,
+                enabled=settings.elevenlabs_agent_enabled,
+                hot_routes=[r for r in ROUTES if r.path in HOT_PATHS],
+                access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
+            ),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
@@ -54,7 +62,6 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
                 allow_headers=["Content-Type", "Last-Event-ID", "X-Request-Id"],
                 allow_credentials=False,
             ),
-            Middleware(FeatureFlagMiddleware, enabled=settings.elevenlabs_agent_enabled),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
