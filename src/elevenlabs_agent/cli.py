@@ -136,11 +136,12 @@ def main() -> None:
 
 
 @main.command()
-def serve() -> None:
-    """Run the service (embedded Redis when REDIS_URL is unset)."""
+@click.option("--worker-fd", type=int, hidden=True, help="Internal: serve on this inherited socket (WORKERS > 1).")
+def serve(worker_fd: int | None) -> None:
+    """Run the service (embedded Redis when REDIS_URL is unset; WORKERS processes)."""
     from elevenlabs_agent.serve import run
 
-    run(_settings())
+    run(_settings(), worker_fd)
 
 
 @main.command()

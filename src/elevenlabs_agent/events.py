@@ -11,6 +11,8 @@ SERVICE_STOPPING: Final = "service.stopping"
 SERVICE_STOPPED: Final = "service.stopped"
 EMBEDDED_REDIS_STARTED: Final = "redis.embedded_started"
 EMBEDDED_REDIS_STOPPED: Final = "redis.embedded_stopped"
+WORKER_STARTED: Final = "worker.started"
+WORKER_EXITED: Final = "worker.exited"
 
 # http
 HTTP_REQUEST: Final = "http.request"

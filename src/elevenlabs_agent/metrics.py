@@ -2,9 +2,15 @@
 
 Counters get `_total` appended by the client library: `WEBHOOKS` is exposed as
 `elevenlabs_agent_webhooks_total`. No label ever holds an id (conversation, task, request).
+
+With WORKERS > 1, each worker writes its values under PROMETHEUS_MULTIPROC_DIR and /metrics adds
+them up (counters, histograms) or combines them as each gauge's `multiprocess_mode` says.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "elevenlabs_agent_"
 
@@ -22,23 +28,52 @@ DISPATCHES = Counter(PREFIX + "dispatches", "cursor-runner dispatches by outcome
 DISPATCH_DURATION = Histogram(PREFIX + "dispatch_duration_seconds", "cursor-runner dispatch latency")
 CALLBACKS = Counter(PREFIX + "callbacks", "cursor-runner callbacks by outcome", ["outcome"])
 DELIVERIES = Counter(PREFIX + "deliveries", "Result deliveries by channel and outcome", ["channel", "outcome"])
-INFLIGHT_DELIVERIES = Gauge(PREFIX + "inflight_deliveries", "Deliveries running in the background now")
-SSE_SUBSCRIBERS = Gauge(PREFIX + "sse_subscribers", "Open SSE event streams on this instance")
+INFLIGHT_DELIVERIES = Gauge(
+    PREFIX + "inflight_deliveries", "Deliveries running in the background now", multiprocess_mode="livesum"
+)
+SSE_SUBSCRIBERS = Gauge(
+    PREFIX + "sse_subscribers", "Open SSE event streams on this instance", multiprocess_mode="livesum"
+)
 
 # state of the service and of Redis (the keyspace gauges are refreshed by a bounded background scan)
-REDIS_UP = Gauge(PREFIX + "redis_up", "1 if Redis answered the last PING, else 0")
-DRAINING = Gauge(PREFIX + "draining", "1 while the instance drains for shutdown")
-ACTIVE_SESSIONS = Gauge(PREFIX + "active_sessions", "Live session registrations in Redis")
-PENDING_TASKS = Gauge(PREFIX + "pending_tasks", "Tasks waiting for their cursor-runner callback")
-OLDEST_PENDING_TASK_AGE = Gauge(PREFIX + "oldest_pending_task_age_seconds", "Age of the oldest pending task")
+REDIS_UP = Gauge(PREFIX + "redis_up", "1 if Redis answered the last PING, else 0", multiprocess_mode="livemin")
+DRAINING = Gauge(PREFIX + "draining", "1 while the instance drains for shutdown", multiprocess_mode="livemax")
+ACTIVE_SESSIONS = Gauge(PREFIX + "active_sessions", "Live session registrations in Redis", multiprocess_mode="livemax")
+PENDING_TASKS = Gauge(
+    PREFIX + "pending_tasks", "Tasks waiting for their cursor-runner callback", multiprocess_mode="livemax"
+)
+OLDEST_PENDING_TASK_AGE = Gauge(
+    PREFIX + "oldest_pending_task_age_seconds", "Age of the oldest pending task", multiprocess_mode="livemax"
+)
 STUCK_PENDING_TASKS = Gauge(
-    PREFIX + "stuck_pending_tasks", "Tasks pending for longer than 1 h (their callback is lost)"
+    PREFIX + "stuck_pending_tasks",
+    "Tasks pending for longer than 1 h (their callback is lost)",
+    multiprocess_mode="livemax",
 )
-RESULTS_WAITING = Gauge(PREFIX + "results_waiting", "Results stored but not yet confirmed by any delivery channel")
+RESULTS_WAITING = Gauge(
+    PREFIX + "results_waiting",
+    "Results stored but not yet confirmed by any delivery channel",
+    multiprocess_mode="livemax",
+)
 OLDEST_RESULT_WAITING_AGE = Gauge(
-    PREFIX + "oldest_result_waiting_age_seconds", "Age of the oldest result not yet confirmed delivered"
+    PREFIX + "oldest_result_waiting_age_seconds",
+    "Age of the oldest result not yet confirmed delivered",
+    multiprocess_mode="livemax",
 )
-KEYSPACE_SCAN_DURATION = Gauge(PREFIX + "keyspace_scan_duration_seconds", "Duration of the last keyspace gauge scan")
+KEYSPACE_SCAN_DURATION = Gauge(
+    PREFIX + "keyspace_scan_duration_seconds", "Duration of the last keyspace gauge scan", multiprocess_mode="livemax"
+)
 KEYSPACE_SCAN_TIMESTAMP = Gauge(
-    PREFIX + "keyspace_scan_timestamp_seconds", "Unix time of the last successful keyspace gauge scan"
+    PREFIX + "keyspace_scan_timestamp_seconds",
+    "Unix time of the last successful keyspace gauge scan",
+    multiprocess_mode="livemax",
 )
+
+
+def exposition() -> bytes:
+    """The text format for /metrics: this process's registry, or every worker's values combined."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

@@ -76,6 +76,9 @@ class _Wire(asyncio.Protocol):
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+                # A caller awaiting several replies stops at the first failure; the rest of its
+                # futures are never awaited, and asyncio would log each one as an unretrieved error.
+                waiter.exception()
         if self.transport is not None:
             self.transport.abort()
 

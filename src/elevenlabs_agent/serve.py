@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.workers import Supervisor
 
 log = get_logger()
 
@@ -27,13 +30,21 @@ class DrainingServer(uvicorn.Server):
     period (so a load balancer can take us out), then uvicorn's graceful shutdown runs. A second
     signal exits at once. Exit status is 0 either way (uvicorn would re-raise the signal)."""
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime, drain_seconds: float, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        runtime: Runtime,
+        drain_seconds: float,
+        shutdown_timeout: float,
+        supervised: bool = False,
+    ) -> None:
         super().__init__(config)
         self.runtime = runtime
         self.drain_seconds = drain_seconds
         self.shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signalled = False
+        self.supervisor_pid = os.getppid() if supervised else None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -50,6 +61,13 @@ class DrainingServer(uvicorn.Server):
             return
         self._signalled = True
         self._loop.call_soon_threadsafe(self._start_drain, sig)
+
+    async def on_tick(self, counter: int) -> bool:
+        # A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on as an
+        # orphan nobody will stop.
+        if self.supervisor_pid is not None and counter % 10 == 0 and os.getppid() != self.supervisor_pid:
+            self.handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
     def _start_drain(self, sig: int) -> None:
         self.runtime.start_draining()
@@ -80,20 +98,37 @@ def redis_for(settings: Settings) -> Iterator[str]:
         log.info(events.EMBEDDED_REDIS_STOPPED)
 
 
-def run(settings: Settings) -> None:
-    log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port)
+def run(settings: Settings, worker_fd: int | None = None) -> None:
+    """Serve in this process, or (WORKERS > 1) supervise worker processes that share one socket."""
+    if worker_fd is not None:
+        _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)])
+        return
+    log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port, workers=settings.workers)
     with redis_for(settings) as redis_url:
-        app = create_app(settings, redis_url)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="auto",
-            http="auto",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
-            proxy_headers=True,
-        )
-        server = DrainingServer(config, app.state.runtime, settings.drain_seconds, settings.shutdown_timeout_seconds)
-        server.run()
+        if settings.workers > 1:
+            Supervisor(settings, redis_url).run()
+        else:
+            _serve(settings, redis_url, None)
+
+
+def _serve(settings: Settings, redis_url: str, sockets: list[socket.socket] | None) -> None:
+    app = create_app(settings, redis_url)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
+        proxy_headers=True,
+    )
+    server = DrainingServer(
+        config,
+        app.state.runtime,
+        settings.drain_seconds,
+        settings.shutdown_timeout_seconds,
+        supervised=sockets is not None,
+    )
+    server.run(sockets)

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
     sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)
     drain_seconds: float = Field(5.0, ge=0)
+    workers: int = Field(1, ge=1, le=64)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
 
     housekeeping_interval_seconds: float = Field(30.0, gt=0)
