@@ -13,6 +13,7 @@ import structlog
 _SECRET_KEY = re.compile(r"secret|token|api[_-]?key|authorization|password|signature", re.I)
 _URL_QUERY = re.compile(r"(\b(?:https?|wss?)://[^\s?\"']+)\?[^\s\"']*")
 REDACTED = "[REDACTED]"
+_level = logging.INFO  # set by configure()
 
 
 class Redactor:
@@ -41,7 +42,9 @@ class Redactor:
 
 def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
     """Configure structlog (and route stdlib logging through the same JSON output)."""
+    global _level
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _level = numeric
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -67,5 +70,28 @@ def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
     root.setLevel(max(numeric, logging.WARNING))
 
 
-def get_logger() -> Any:
-    return structlog.get_logger("elevenlabs_agent")
+class EventLogger:
+    """The service's logger: structlog underneath, with a level check first.
+
+    structlog's module-level proxies build a bound logger on every call, even for events the level
+    filters out; on the hot path at LOG_LEVEL=warning that was most of the logging cost. Checking
+    the level configured last keeps `configure()` effective at any time (tests reconfigure)."""
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if _level <= logging.DEBUG:
+            structlog.get_logger("elevenlabs_agent").debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if _level <= logging.INFO:
+            structlog.get_logger("elevenlabs_agent").info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if _level <= logging.WARNING:
+            structlog.get_logger("elevenlabs_agent").warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        structlog.get_logger("elevenlabs_agent").error(event, **fields)
+
+
+def get_logger() -> EventLogger:
+    return EventLogger()

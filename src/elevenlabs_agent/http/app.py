@@ -39,11 +39,14 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         try:
             yield
         finally:
-            await housekeeper.stop()
-            runtime.start_draining()
-            log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
-            finished = await runtime.delivery.drain(runtime.time_left(settings.shutdown_timeout_seconds))
-            await runtime.close()
+            try:
+                await housekeeper.stop()
+                runtime.start_draining()
+                log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
+                finished = await runtime.delivery.drain(runtime.time_left(settings.shutdown_timeout_seconds))
+            finally:
+                # Connections are closed whatever failed above (even a log write to a closed stdout).
+                await runtime.close()
             log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
 
     app = Starlette(
