@@ -20,7 +20,8 @@ from pydantic import SecretStr
 
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.http.app import create_app
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis_server import RedisClusterServers, RedisSentinelServer, RedisServer
+from elevenlabs_agent.redis_urls import open_redis
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
@@ -35,6 +36,51 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A local 3-master Redis Cluster (no replicas), started on first use, stopped after the session."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster: RedisClusterServers) -> AsyncIterator[aioredis.Redis]:
+    """A cluster client (typed as Redis, as the service holds it), every master emptied first."""
+    client = open_redis(redis_cluster.url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+    await client.flushall()  # a cluster client sends FLUSHALL to every master
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class SentinelSetup:
+    master: RedisServer
+    sentinel: RedisSentinelServer
+
+    @property
+    def url(self) -> str:
+        return self.sentinel.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A redis-server master and one redis-sentinel monitoring it (service `mymaster`)."""
+    directory = tmp_path_factory.mktemp("redis-sentinel")
+    master = RedisServer(directory / "master", appendonly=False)
+    master.start()
+    sentinel = RedisSentinelServer(directory / "sentinel", master.port)
+    try:
+        sentinel.start()
+    except BaseException:
+        master.stop()
+        raise
+    yield SentinelSetup(master, sentinel)
+    sentinel.stop()
+    master.stop()
 
 
 @pytest.fixture

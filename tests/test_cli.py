@@ -16,23 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import redis as redis_sync
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
-from elevenlabs_agent.settings import Settings
+from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses, clean_env
 
-ENTRY_POINT = Path(sys.executable).parent / "elevenlabs-agent"
 WEBHOOK_SECRET = "cli-test-webhook-secret-0123456789"
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -68,80 +58,20 @@ def redis_servers_using(directory: Path) -> list[int]:
     return pids
 
 
-class Service:
-    """`elevenlabs-agent serve` in a subprocess, its stdout (JSON log lines) in a file."""
-
-    def __init__(self, tmp: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"serve-{self.port}.log"
-        self.env = clean_env(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            ELEVENLABS_AGENT_ENABLED="true",
-            WEBHOOK_SECRET=WEBHOOK_SECRET,
-            CURSOR_RUNNER_URL=f"http://127.0.0.1:{free_port()}",
-            **env,
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30) -> dict[str, Any]:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(ENTRY_POINT), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"serve exited with {self.process.returncode}:\n{self.output()}"
-            with contextlib.suppress(httpx.HTTPError):
-                response = httpx.get(f"{self.url}/health", timeout=1)
-                if response.status_code == 200:
-                    body: dict[str, Any] = response.json()
-                    return body
-            time.sleep(0.1)
-        raise AssertionError(f"/health did not answer 200 within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.output().splitlines():
-            if line.strip():
-                record = orjson.loads(line)  # every line is JSON
-                assert isinstance(record, dict) and record.get("event"), line
-                records.append(record)
-        return records
-
-    def terminate(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Service] = []
+    """`factory(**env)`: an `elevenlabs-agent serve` process (the installed script), not started yet."""
+    processes = ServeProcesses(tmp_path, WEBHOOK_SECRET=WEBHOOK_SECRET)
     directories: list[Path] = []
 
-    def factory(**env: str) -> Service:
-        service = Service(tmp_path, **env)
-        started.append(service)
+    def factory(**env: str) -> ServeProcess:
         if "EMBEDDED_REDIS_DIR" in env:
             directories.append(Path(env["EMBEDDED_REDIS_DIR"]))
-        return service
+        cursor_runner = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        return processes.new(argv=[str(ENTRY_POINT), "serve"], **{"CURSOR_RUNNER_URL": cursor_runner, **env})
 
     yield factory
-    for service in started:
-        service.kill()
+    processes.kill_all()
     for directory in directories:  # a crashed serve may leave its embedded redis-server behind
         for pid in redis_servers_using(directory):
             with contextlib.suppress(ProcessLookupError):
@@ -202,7 +132,7 @@ def test_demo_round_trip_succeeds_and_prints_a_timeline() -> None:
 def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_factory: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "embedded"
     service = service_factory(EMBEDDED_REDIS_DIR=str(data_dir), DRAIN_SECONDS="0.5")
-    health = service.start()
+    health = service.start_blocking()
     assert health["status"] == "ok" and health["redis"] == "connected", health
     assert httpx.get(f"{service.url}/config").json()["config"]["redisUrl"] != "configured"
 
@@ -232,7 +162,7 @@ def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_facto
 
     # Data survives a restart of serve on the same directory.
     again = service_factory(EMBEDDED_REDIS_DIR=str(data_dir), DRAIN_SECONDS="0.5")
-    again.start()
+    again.start_blocking()
     assert httpx.get(f"{again.url}/agent-conversations/api/conv-persisted").status_code == 200
     again.terminate()
     assert again.wait(timeout=15) == 0, again.output()
@@ -242,7 +172,7 @@ def test_serve_with_redis_url_drains_then_exits(service_factory: Any, redis_serv
     if not redis_server.running:
         redis_server.start()
     service = service_factory(REDIS_URL=redis_server.url, DRAIN_SECONDS="2")
-    health = service.start()
+    health = service.start_blocking()
     assert health["redis"] == "connected", health
     assert httpx.get(f"{service.url}/config").json()["config"]["redisUrl"] == "configured"
     assert httpx.get(f"{service.url}/ready").status_code == 200
@@ -282,7 +212,7 @@ def test_serve_exits_promptly_with_an_open_event_stream(service_factory: Any, re
     if not redis_server.running:
         redis_server.start()
     service = service_factory(REDIS_URL=redis_server.url, DRAIN_SECONDS="0.5", SSE_KEEPALIVE_SECONDS="60")
-    service.start()
+    service.start_blocking()
     created = httpx.post(f"{service.url}/agent-conversations/api/new", json={"conversationId": "conv-cli-sse"})
     assert created.status_code == 201, created.text
     received: list[bytes] = []

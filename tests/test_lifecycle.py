@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -29,25 +28,17 @@ import redis.asyncio as aioredis
 from elevenlabs_agent import events
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.ops import inspect as ops_inspect
-from elevenlabs_agent.redis_server import RedisServer, free_port
-from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory, eventually
+from tests.serve_proc import ServeProcess, ServeProcesses, wait_status
 
 WEBHOOK_SECRET = "lifecycle-webhook-secret-0123456789"
 RUNNER_SECRET = "lifecycle-runner-secret-0123456789"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
 
 
 def assert_speakable(body: dict[str, Any]) -> str:
@@ -57,124 +48,18 @@ def assert_speakable(body: dict[str, Any]) -> str:
     return message
 
 
-class Serve:
-    """`python -m elevenlabs_agent serve` in a subprocess; its output goes to a file in tmp_path, or
-    with `piped` to a pipe this test reads (and can stop reading, as a stalled log shipper would)."""
-
-    def __init__(self, tmp: Path, redis_url: str, runner_url: str, *, piped: bool = False, **env: str) -> None:
-        self.piped = piped
-        self.captured = bytearray()
-        self.reading = True
-        self._pump: asyncio.Task[None] | None = None
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"serve-{self.port}.log"
-        defaults = {
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "ELEVENLABS_AGENT_ENABLED": "true",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "REDIS_URL": redis_url,
-            "CURSOR_RUNNER_URL": runner_url,
-            "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
-            "ELEVENLABS_AGENT_URL": self.url,
-            "SESSION_URL_HOSTS": "127.0.0.1",
-            "LOG_LEVEL": "warning",
-        }
-        self.env = clean_env(**{**defaults, **env})
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes]:
-        assert self.process is not None
-        return self.process
-
-    def _spawn(self) -> None:
-        if self.piped:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "elevenlabs_agent", "serve"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            assert self.process.stdout is not None
-            os.set_blocking(self.process.stdout.fileno(), False)
-            return
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "elevenlabs_agent", "serve"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Start the process and wait until /health answers 200 (whatever Redis does)."""
-        self._spawn()
-        if self.piped:
-            self._pump = asyncio.create_task(self._read_pipe())
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}:\n{self.output()}"
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get("/health")
-                    if response.status_code == 200:
-                        body: dict[str, Any] = response.json()
-                        return body
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"/health did not answer 200 within {timeout} s:\n{self.output()}")
-
-    async def _read_pipe(self) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        for _ in range(1_000_000):
-            if self.reading:
-                try:
-                    while chunk := os.read(fd, 65536):
-                        self.captured += chunk
-                    return  # end of file: the process is gone
-                except BlockingIOError:
-                    pass
-            await asyncio.sleep(0.01)
-
-    def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout: float) -> int | None:
-        """The exit code, or None if the process still runs after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self.proc.poll()
-
-    def output(self) -> str:
-        if self.piped:
-            return self.captured.decode(errors="replace")
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def serve_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Serve] = []
+    """`factory(redis_url, runner_url, piped=False, **env)`: a `serve` process (not started yet)."""
+    processes = ServeProcesses(
+        tmp_path, WEBHOOK_SECRET=WEBHOOK_SECRET, CURSOR_RUNNER_SECRET=RUNNER_SECRET, LOG_LEVEL="warning"
+    )
 
-    def factory(redis_url: str, runner_url: str, *, piped: bool = False, **env: str) -> Serve:
-        service = Serve(tmp_path, redis_url, runner_url, piped=piped, **env)
-        started.append(service)
-        return service
+    def factory(redis_url: str, runner_url: str, *, piped: bool = False, **env: str) -> ServeProcess:
+        return processes.new(piped=piped, REDIS_URL=redis_url, CURSOR_RUNNER_URL=runner_url, **env)
 
     yield factory
-    for service in started:
-        service.kill()
+    processes.kill_all()
 
 
 @pytest.fixture
@@ -199,22 +84,6 @@ async def tool_call(client: httpx.AsyncClient, conversation_id: str, prompt: str
         json={"conversation_id": conversation_id, "prompt": prompt},
         headers={"X-Webhook-Secret": WEBHOOK_SECRET},
     )
-
-
-async def wait_status(client: httpx.AsyncClient, path: str, status: int, timeout: float) -> float:
-    """Poll `path` until it answers `status`; return the seconds it took."""
-    began = time.monotonic()
-    last: Any = None
-    while time.monotonic() - began < timeout:
-        try:
-            response = await client.get(path)
-            last = (response.status_code, response.text[:300])
-            if response.status_code == status:
-                return time.monotonic() - began
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} did not answer {status} within {timeout} s; last: {last}")
 
 
 async def tool_message(redis: aioredis.Redis, conversation_id: str, task_id: str) -> dict[str, Any]:
@@ -290,7 +159,7 @@ class ReadyProber:
     """Polls /ready from a separate process, so the timing does not depend on how busy this process
     is (CLOCK_MONOTONIC is shared between processes). Stops at the first refused connection."""
 
-    def __init__(self, service: Serve, tmp: Path, seconds: float) -> None:
+    def __init__(self, service: ServeProcess, tmp: Path, seconds: float) -> None:
         self.path = tmp / "ready-probe.txt"
         with self.path.open("wb") as out:
             self.process = subprocess.Popen(

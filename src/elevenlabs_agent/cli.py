@@ -54,20 +54,25 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 redis_url_option = click.option(
-    "--redis-url", envvar="REDIS_URL", help="Redis URL (default: $REDIS_URL).", metavar="URL"
+    "--redis-url",
+    envvar="REDIS_URL",
+    help="Redis URL: redis://, redis+cluster:// or redis+sentinel:// (default: $REDIS_URL).",
+    metavar="URL",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(redis)` against Redis, turning connection trouble into one clear line."""
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from elevenlabs_agent.redis_urls import open_redis
 
     url = _require_url(redis_url)
     try:
-        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
-    except ValueError as exc:
+        # One server, a Redis Cluster (redis+cluster://) or a Sentinel master (redis+sentinel://).
+        redis = open_redis(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
+    except (ValueError, RedisClusterException) as exc:
         raise click.ClickException(f"invalid Redis URL: {exc}") from None
 
     async def main() -> T:
@@ -78,7 +83,7 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise click.ClickException(f"Redis error: {exc}") from None
 
 

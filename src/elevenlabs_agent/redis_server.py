@@ -1,15 +1,19 @@
 """Run a local `redis-server` process: the embedded default of `serve`, the demo, and the tests.
 
-One implementation for all three, so the tests exercise exactly what an operator runs.
+One implementation for all three, so the tests exercise exactly what an operator runs. The tests
+also start a local Redis Cluster (`RedisClusterServers`) and a Sentinel (`RedisSentinelServer`) with
+the same class underneath.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -26,6 +30,20 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port(attempts: int = 200) -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too, as a cluster node needs."""
+    for _ in range(attempts):
+        port = random.randint(20_000, 55_535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RedisServerError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server on 127.0.0.1 with its data (AOF) in `directory`.
 
@@ -33,11 +51,20 @@ class RedisServer:
     """
 
     def __init__(
-        self, directory: Path, port: int | None = None, appendonly: bool = True, binary: str | None = None
+        self,
+        directory: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        binary: str | None = None,
+        *,
+        cluster: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.directory = directory
-        self.port = port or free_port()
+        self.port = port or (free_cluster_port() if cluster else free_port())
         self.appendonly = appendonly
+        self.cluster = cluster
+        self.extra_args = tuple(extra_args)
         self.binary = binary or shutil.which("redis-server")
         if self.binary is None:
             raise RedisServerError("redis-server is not installed (see README: scripts/bootstrap installs it)")
@@ -47,8 +74,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def _args(self) -> list[str]:
         assert self.binary is not None
         args = [
             self.binary,
@@ -69,8 +99,23 @@ class RedisServer:
             "--protected-mode",
             "yes",
             "--logfile",
-            str(self.directory / "redis.log"),
+            str(self.log_path),
         ]
+        if self.cluster:
+            # nodes.conf lives in --dir: a restarted node rejoins its cluster with its slots.
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]
+        return [*args, *self.extra_args]
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = self._args()
         # Own session: a Ctrl-C meant for `serve` must not stop Redis under the draining service.
         self.process = subprocess.Popen(
             args,
@@ -80,13 +125,11 @@ class RedisServer:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RedisServerError(
-                        f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}"
-                    )
+                    raise RedisServerError(f"redis-server exited with {self.process.returncode}; see {self.log_path}")
                 try:
                     if client.ping():
                         return
@@ -120,3 +163,122 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class RedisClusterServers:
+    """A local Redis Cluster: `masters` cluster-enabled redis-servers on free loopback ports (no
+    replicas), each with its data in a subdirectory of `directory`, joined with
+    `redis-cli --cluster create`. Meant for tests and trying the cluster URL out."""
+
+    def __init__(self, directory: Path, masters: int = 3, appendonly: bool = False) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.directory = directory
+        self.nodes = [RedisServer(directory / f"node-{i}", appendonly=appendonly, cluster=True) for i in range(masters)]
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerError("redis-cli is not installed (it comes with redis-server: see scripts/bootstrap)")
+        self.cli = cli
+
+    @property
+    def url(self) -> str:
+        """The service's cluster URL: every node is a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [
+                    self.cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if create.returncode != 0:
+                raise RedisServerError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr}")
+            self.wait_ok(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every node says `cluster_state:ok` and knows every other node."""
+        deadline = time.monotonic() + timeout
+        clients = [redis.Redis(port=n.port, socket_connect_timeout=0.5, socket_timeout=1) for n in self.nodes]
+        try:
+            while True:
+                try:
+                    if all(self._node_ready(c) for c in clients):
+                        return
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RedisServerError("the cluster did not reach cluster_state:ok in time")
+                time.sleep(0.05)
+        finally:
+            for c in clients:
+                c.close()
+
+    def _node_ready(self, client: redis.Redis) -> bool:
+        info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_slots_ok") == "16384"
+            and fields.get("cluster_known_nodes") == str(len(self.nodes))
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    @property
+    def running(self) -> bool:
+        return all(n.running for n in self.nodes)
+
+
+class RedisSentinelServer(RedisServer):
+    """A redis-sentinel (`redis-server <conf> --sentinel`) on a free loopback port, monitoring the
+    master at `master_port` under `service_name` (quorum 1)."""
+
+    def __init__(self, directory: Path, master_port: int, service_name: str = "mymaster") -> None:
+        super().__init__(directory, appendonly=False)
+        self.master_port = master_port
+        self.service_name = service_name
+
+    @property
+    def url(self) -> str:
+        """The service's Sentinel URL for this sentinel and its one monitored master."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service_name}"
+
+    def _args(self) -> list[str]:
+        assert self.binary is not None
+        # Sentinel rewrites its configuration file as it learns: it must be a writable file.
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {self.port}",
+                    f"dir {self.directory}",
+                    f"logfile {self.log_path}",
+                    "protected-mode no",
+                    f"sentinel monitor {self.service_name} 127.0.0.1 {self.master_port} 1",
+                    f"sentinel down-after-milliseconds {self.service_name} 5000",
+                    "",
+                ]
+            )
+        )
+        return [self.binary, str(config), "--sentinel", *self.extra_args]

@@ -66,8 +66,14 @@ class CursorRunnerClient:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return DispatchResult(False, "bad_response", status, "response was not JSON")
-        if not isinstance(body, dict) or body.get("success") is False:
+        if not isinstance(body, dict):
+            return DispatchResult(False, "bad_response", status, "response was not a JSON object")
+        if body.get("success") is False:
             return DispatchResult(False, "rejected", status, _error_text(status, raw))
+        if body.get("success") is not True:
+            # Only `"success": true` (SPEC §4) says the task was queued; telling the user it started
+            # on anything less would leave them waiting for a callback that may never come.
+            return DispatchResult(False, "bad_response", status, "response did not say success: true")
         return DispatchResult(True, "accepted", status)
 
     async def probe(self) -> tuple[bool, str]:

@@ -33,6 +33,9 @@ class ElevenLabsClient:
     def __init__(self, api_url: str, api_key: str, timeout: float) -> None:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
         self._sdk = AsyncElevenLabs(api_key=api_key, base_url=api_url.rstrip("/"), httpx_client=self._http)
+        # The SDK imports its sub-clients on first use (~0.6 s): pay that at startup, not inside the
+        # first browser request's timeout.
+        self._conversations = self._sdk.conversational_ai.conversations
         self.timeout = timeout
 
     async def aclose(self) -> None:
@@ -43,16 +46,17 @@ class ElevenLabsClient:
         try:
             async with asyncio.timeout(self.timeout):
                 # No SDK retries: the browser is waiting, and it can retry itself.
-                reply = await self._sdk.conversational_ai.conversations.get_signed_url(
-                    agent_id=agent_id, request_options={"max_retries": 0}
-                )
+                reply = await self._conversations.get_signed_url(agent_id=agent_id, request_options={"max_retries": 0})
         except ApiError as exc:
             raise UpstreamError(f"ElevenLabs answered HTTP {exc.status_code}", exc.status_code) from None
         except TimeoutError:
             raise UpstreamError("ElevenLabs did not answer in time") from None
-        except (httpx.HTTPError, ValueError) as exc:
+        except httpx.HTTPError as exc:
             raise UpstreamError(f"ElevenLabs request failed ({type(exc).__name__})") from None
-        if not reply.signed_url:
+        except (ValueError, TypeError):
+            # The SDK could not read the answer (not JSON, not an object): ElevenLabs answered badly.
+            raise UpstreamError("ElevenLabs answered with an unreadable body", 200) from None
+        if not isinstance(getattr(reply, "signed_url", None), str) or not reply.signed_url:
             raise UpstreamError("ElevenLabs returned no signed_url", 200)
         return SignedUrl(reply.signed_url, issued + SIGNED_URL_VALIDITY)
 

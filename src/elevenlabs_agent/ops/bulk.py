@@ -4,6 +4,8 @@ Backing up a million keys through redis-py costs tens of microseconds of Python 
 connection packs a batch of commands with one bytes template, parses replies in hiredis' C code
 (RESP3 returns each hash as a dict already), and lets the caller keep the next batch in flight
 while the current one is parsed. Only what purge needs.
+
+On a Redis Cluster there is one reader per master, fed with the keys that master's SCAN returned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,9 +33,10 @@ REPLY_TIMEOUT = 30.0
 
 
 class HashReader:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, cluster: bool = False) -> None:
         self._reader = reader
         self._writer = writer
+        self.cluster = cluster
         self._parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         # What was sent and not yet answered, in wire order: a batch of reads (its key count) or an
         # UNLINK (None). Replies come back in the same order.
@@ -41,24 +45,54 @@ class HashReader:
 
     @classmethod
     async def open(cls, url: str, timeout: float = 5.0) -> HashReader:
+        """A reader on the one server of a `redis://`, `rediss://` or `unix://` URL."""
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        unix = options.get("connection_class") is UnixDomainSocketConnection
+        return await cls.connect(
+            options.get("host", ""),
+            options.get("port", 6379),
+            unix_path=options["path"] if unix else None,
+            username=options.get("username"),
+            password=options.get("password"),
+            tls=options.get("connection_class") is SSLConnection,
+            db=int(options.get("db") or 0),
+            timeout=timeout,
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        unix_path: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        db: int = 0,
+        cluster: bool = False,
+        timeout: float = 5.0,
+    ) -> HashReader:
+        """A reader on one server. With `cluster`, it is a cluster node: UNLINKs are split per hash
+        slot (a multi-key command must stay within one slot), and it must only be given keys that
+        node holds (its own SCAN's)."""
         try:
             async with asyncio.timeout(timeout):
-                if options.get("connection_class") is UnixDomainSocketConnection:
-                    reader, writer = await asyncio.open_unix_connection(options["path"])
+                if unix_path is not None:
+                    reader, writer = await asyncio.open_unix_connection(unix_path)
                 else:
-                    tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
-                    reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379), ssl=tls)
+                    context = ssl.create_default_context() if tls else None
+                    reader, writer = await asyncio.open_connection(host, port, ssl=context)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot reach Redis: {exc or 'timed out'}") from None
         async with asyncio.timeout(timeout):
-            conn = cls(reader, writer)
+            conn = cls(reader, writer, cluster=cluster)
             hello: list[str] = ["HELLO", "3"]
-            if options.get("password") is not None:
-                hello += ["AUTH", options.get("username") or "default", options["password"]]
+            if password is not None:
+                hello += ["AUTH", username or "default", password]
             await conn._command(*hello)
-            if options.get("db"):
-                await conn._command("SELECT", str(options["db"]))
+            if db:
+                await conn._command("SELECT", str(db))
         return conn
 
     async def _command(self, *args: str) -> Any:
@@ -78,9 +112,16 @@ class HashReader:
         self._sent.append(len(keys))
 
     def send_unlink(self, keys: list[str]) -> None:
-        """Queue an UNLINK; its count is added to `unlinked` once its reply is read."""
-        self._writer.write(hiredis.pack_command(("UNLINK", *keys)))  # type: ignore[arg-type]
-        self._sent.append(None)
+        """Queue an UNLINK (one per hash slot on a cluster node); the count is added to `unlinked`
+        once the replies are read."""
+        groups: list[list[str]] = [keys]
+        if self.cluster:
+            by_slot: dict[int, list[str]] = {}
+            for key in keys:
+                by_slot.setdefault(key_slot(key.encode("utf-8", "surrogateescape")), []).append(key)
+            groups = list(by_slot.values())
+        self._writer.write(b"".join(hiredis.pack_command(("UNLINK", *group)) for group in groups))  # type: ignore[arg-type]
+        self._sent.extend([None] * len(groups))
 
     async def finish_unlinks(self) -> None:
         """Read the replies of every UNLINK still unanswered."""

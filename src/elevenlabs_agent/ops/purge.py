@@ -2,7 +2,8 @@
 
 Each SCAN batch is read whole (values and remaining TTLs, through the pipelined `HashReader`),
 filtered, appended to the backup file and flushed, and only then unlinked: the backup always holds
-everything that was deleted. Every command stays small (batches of 1000 keys), so Redis never
+everything that was deleted. On a Redis Cluster each master is walked in turn, its keys read and
+unlinked on that master. Every command stays small (batches of 1000 keys), so Redis never
 blocks for long. A lease keeps two purges from running at once; running the same purge twice is
 harmless (the second finds nothing).
 """
@@ -10,17 +11,20 @@ harmless (the second finds nothing).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from elevenlabs_agent.ops.bulk import HashReader
-from elevenlabs_agent.ops.keyspace import scan_batches
+from elevenlabs_agent.ops.keyspace import primaries, scan_batches, scan_node_batches
+from elevenlabs_agent.redis_urls import parse_redis_url
 from elevenlabs_agent.stores import KeyFamily
 from elevenlabs_agent.stores.locks import Lease
 
@@ -83,6 +87,48 @@ class PurgeReport:
 Progress = Callable[[PurgeReport], None]
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a purge reads and deletes: one server, or one master of a cluster (its own keys)."""
+
+    open_reader: Callable[[], Awaitable[HashReader]]
+    batches: Callable[[str, int], AsyncIterator[list[str]]]
+
+
+async def sources(redis: Redis, redis_url: str) -> list[Source]:
+    """One source for a single server or a Sentinel master, one per master on a Redis Cluster."""
+    target = parse_redis_url(redis_url)
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        creds = {"username": target.username, "password": target.password, "tls": target.tls}
+        return [
+            Source(
+                partial(HashReader.connect, node.host, node.port, cluster=True, **creds),
+                partial(scan_node_batches, redis, node),
+            )
+            for node in primaries(redis)
+        ]
+    if target.kind == "sentinel":
+        pool = redis.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        return [
+            Source(
+                partial(
+                    HashReader.connect,
+                    host,
+                    port,
+                    username=target.username,
+                    password=target.password,
+                    tls=target.tls,
+                    db=target.db,
+                ),
+                partial(scan_batches, redis),
+            )
+        ]
+    return [Source(partial(HashReader.open, redis_url), partial(scan_batches, redis))]
+
+
 async def purge(
     redis: Redis,
     redis_url: str,
@@ -97,33 +143,43 @@ async def purge(
     if execute and backup is None:
         raise ValueError("a real purge needs a backup file")
     if not execute:
-        reader = await HashReader.open(redis_url)
-        try:
-            await _walk(redis, reader, family, flt, report, None, progress)
-        finally:
-            await reader.aclose()
+        for source in await sources(redis, redis_url):
+            await _walk_source(source, family, flt, report, None, progress)
         return report
     assert backup is not None
     lease = Lease(redis, "purge")
     await lease.acquire()
     try:
-        reader = await HashReader.open(redis_url)
-        try:
-            with backup.open("a", encoding="utf-8") as out:
-                await _walk(redis, reader, family, flt, report, out, progress, lease)
-        except OSError as exc:
-            raise BackupFailed(
-                f"cannot write the backup {backup}: {exc.strerror or exc}; nothing more was deleted"
-            ) from None
-        finally:
-            await reader.aclose()
+        with backup.open("a", encoding="utf-8") as out:
+            for source in await sources(redis, redis_url):
+                await _walk_source(source, family, flt, report, out, progress, lease)
+    except OSError as exc:
+        raise BackupFailed(
+            f"cannot write the backup {backup}: {exc.strerror or exc}; nothing more was deleted"
+        ) from None
     finally:
         await lease.release()
     return report
 
 
+async def _walk_source(
+    source: Source,
+    family: KeyFamily,
+    flt: PurgeFilter,
+    report: PurgeReport,
+    out: TextIO | None,
+    progress: Progress | None,
+    lease: Lease | None = None,
+) -> None:
+    reader = await source.open_reader()
+    try:
+        await _walk(source.batches(family.pattern, BATCH), reader, family, flt, report, out, progress, lease)
+    finally:
+        await reader.aclose()
+
+
 async def _walk(
-    redis: Redis,
+    batches: AsyncIterator[list[str]],
     reader: HashReader,
     family: KeyFamily,
     flt: PurgeFilter,
@@ -136,7 +192,6 @@ async def _walk(
     unlink_batches = 0
     in_flight: list[str] | None = None
     seen: set[int] = set()
-    batches = scan_batches(redis, family.pattern, BATCH)
     while True:
         # Keep one batch's reads in flight while the previous one is filtered and written.
         batch = await anext(batches, None)
@@ -165,7 +220,7 @@ async def _walk(
             break
         in_flight = batch
     await reader.finish_unlinks()
-    report.deleted = reader.unlinked
+    report.deleted += reader.unlinked
     if progress is not None:
         progress(report)
 

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
@@ -184,13 +185,22 @@ class CallbackService:
             "text": speech.update_text(outcome.task_id, outcome.summary),
             "completedAt": now,
         }
+        # One server runs a pipeline in order, so `recordedAt` can ride in the same round trip. A
+        # Redis Cluster runs each node's share of a pipeline concurrently: there the mark is a second
+        # round trip, made only once the message and the outbox entry are stored.
+        in_order = not is_cluster(self.tasks.redis)
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
             self.conversations.queue_upsert_message(
                 pipe, outcome.conversation_id, message, now=now, task_id=outcome.task_id, create=True, capped=False
             )
             self.outbox.queue_publish(pipe, outcome.conversation_id, outcome.task_id, event)
-            self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
+            if in_order:
+                self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
             await pipe.execute()
+        if not in_order:
+            async with self.tasks.redis.pipeline(transaction=False) as pipe:
+                self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
+                await pipe.execute()
 
     async def repair(self, task_ids: list[str]) -> int:
         """Finish recording results whose callback was cut short after the task was updated

@@ -116,15 +116,17 @@ class DeliveryService:
         return True
 
     async def confirm(self, conversation_id: str, task_ids: list[str], via: str) -> list[str]:
-        """A channel confirmed these results: drop them from pending and mark their tasks delivered."""
-        removed = await self.outbox.ack(conversation_id, task_ids)
-        if removed:
-            now = now_iso()
-            async with self.tasks.redis.pipeline(transaction=False) as pipe:
-                for task_id in removed:
-                    self.tasks.queue_mark_delivered(pipe, task_id, via, now)
-                await pipe.execute()
-        return removed
+        """A channel confirmed these results: mark their tasks delivered, then drop them from pending.
+
+        In that order, in two round trips: if Redis fails in between, the result is still pending,
+        so the channel's retry (or the next replay) marks it again and removes it. The other order
+        could leave a delivered result marked pending forever."""
+        now = now_iso()
+        async with self.tasks.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                self.tasks.queue_mark_delivered(pipe, task_id, conversation_id, via, now)
+            await pipe.execute()
+        return await self.outbox.ack(conversation_id, task_ids)
 
     async def acknowledge(self, conversation_id: str, task_ids: list[str]) -> list[str]:
         """The browser forwarded these relayed results into its ElevenLabs session."""

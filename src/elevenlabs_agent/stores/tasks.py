@@ -62,6 +62,16 @@ def token_matches(token: str, token_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token), token_hash)
 
 
+# KEYS[1] task; ARGV = conversation id, now, channel. 1 if marked (again), 0 if not this conversation's
+# stored result.
+_MARK_DELIVERED = """
+if redis.call('HGET', KEYS[1], 'conversationId') ~= ARGV[1] then return 0 end
+if not redis.call('HGET', KEYS[1], 'delivery') then return 0 end
+redis.call('HSET', KEYS[1], 'delivery', 'delivered', 'deliveredAt', ARGV[2], 'deliveredVia', ARGV[3])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Task:
     task_id: str
@@ -205,10 +215,9 @@ class TaskStore:
     def queue_mark_recorded(self, pipe: Pipeline, task_id: str, now: str) -> None:
         lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
 
-    def queue_mark_delivered(self, pipe: Pipeline, task_id: str, via: str, now: str) -> None:
-        lua.queue_eval(
-            pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["delivery", "delivered", "deliveredAt", now, "deliveredVia", via]
-        )
+    def queue_mark_delivered(self, pipe: Pipeline, task_id: str, conversation_id: str, via: str, now: str) -> None:
+        """Only a task of this conversation whose result is stored: an ack names ids the client chose."""
+        lua.queue_eval(pipe, _MARK_DELIVERED, [key(task_id)], [conversation_id, now, via])
 
     async def get(self, task_id: str) -> Task | None:
         h = cast(dict[str, str], await self.redis.hgetall(key(task_id)))
