@@ -139,7 +139,8 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
             raise SystemExit("--workers: this service has no WORKERS setting (settings.py)")
         env["WORKERS"] = str(args.workers)
     tmp = tempfile.TemporaryDirectory(prefix="http-bench-")
-    redis_server = RedisServer(Path(tmp.name) / "redis")
+    # Durable as the service requires (README, "Durability"): every acknowledged write is fsynced.
+    redis_server = RedisServer(Path(tmp.name) / "redis", appendfsync="always")
     redis_server.start()
     runner_port, service_port = free_port(), free_port()
     service_log = Path(tmp.name) / "service.log"

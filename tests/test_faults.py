@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import stat
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -68,19 +67,8 @@ def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
 
 
 def fsync_always_redis(directory: Path) -> RedisServer:
-    """A RedisServer (AOF on) whose redis-server runs with `appendfsync always`.
-
-    RedisServer hard-codes `--appendfsync everysec`; redis-server takes the last value of a repeated
-    option, so a wrapper that appends `--appendfsync always` to its arguments overrides it (and
-    `exec` keeps the pid, so kill/stop still reach redis-server itself).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = RedisServer(directory / "data")
-    assert probe.binary is not None
-    wrapper = directory / "redis-server-fsync-always"
-    wrapper.write_text(f'#!/bin/sh\nexec {probe.binary} "$@" --appendfsync always\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return RedisServer(directory / "data", appendonly=True, binary=str(wrapper))
+    """A RedisServer (AOF on) that fsyncs every write before answering it."""
+    return RedisServer(directory / "data", appendonly=True, appendfsync="always")
 
 
 async def redis_config(url: str, name: str) -> str:

@@ -47,6 +47,9 @@ def free_cluster_port(attempts: int = 200) -> int:
 class RedisServer:
     """A redis-server on 127.0.0.1 with its data (AOF) in `directory`.
 
+    `appendfsync="always"` makes a write durable before Redis answers it (a callback we acknowledged
+    survives a Redis crash); "everysec" can lose the last second of writes.
+
     `stop()` and `start()` can be called again: the data directory survives, as after a real restart.
     """
 
@@ -59,8 +62,10 @@ class RedisServer:
         *,
         cluster: bool = False,
         extra_args: Sequence[str] = (),
+        appendfsync: str = "everysec",
     ) -> None:
         self.directory = directory
+        self.appendfsync = appendfsync
         self.port = port or (free_cluster_port() if cluster else free_port())
         self.appendonly = appendonly
         self.cluster = cluster
@@ -91,7 +96,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "",
             "--daemonize",

@@ -88,7 +88,8 @@ def redis_for(settings: Settings) -> Iterator[str]:
     if settings.redis_url:
         yield settings.redis_url
         return
-    server = RedisServer(Path(settings.embedded_redis_dir).resolve() / "redis")
+    # appendfsync always: an acknowledged callback must survive a crash (README, "Durability").
+    server = RedisServer(Path(settings.embedded_redis_dir).resolve() / "redis", appendfsync="always")
     server.start()
     log.info(events.EMBEDDED_REDIS_STARTED, port=server.port, directory=str(server.directory))
     try:
