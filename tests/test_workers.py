@@ -63,9 +63,16 @@ def wait_for(predicate: object, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def start_all(service: ServeProcess) -> None:
+    """Start and wait until both workers finished starting (the first one answers /health alone)."""
+    service.start_blocking()
+    started = lambda: sum(r["event"] == events.SERVICE_STARTED for r in service.records()) == 2  # noqa: E731
+    wait_for(started, timeout=40)
+
+
 def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses, repo_root: Path) -> None:
     service = processes.new()
-    service.start_blocking()
+    start_all(service)
     assert len(workers_of(service)) == 2
     # A new connection per request, so the kernel spreads them over both workers' accept calls.
     with httpx.Client(base_url=service.url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
@@ -79,7 +86,7 @@ def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses, re
 
 def test_a_crashed_worker_is_replaced(processes: ServeProcesses) -> None:
     service = processes.new()
-    service.start_blocking()
+    start_all(service)
     first, second = workers_of(service)
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: len(workers_of(service)) == 2 and first not in workers_of(service), timeout=15)
@@ -91,13 +98,13 @@ def test_a_crashed_worker_is_replaced(processes: ServeProcesses) -> None:
 
 def test_sigterm_drains_every_worker_and_exits_0(processes: ServeProcesses) -> None:
     service = processes.new()
-    service.start_blocking()
+    start_all(service)
     pids = workers_of(service)
     service.terminate()
     assert service.wait(timeout=30) == 0
     assert not any(alive(pid) for pid in pids)
     stopped = [r for r in service.records() if r["event"] == events.SERVICE_STOPPED]
-    assert len(stopped) == 2
+    assert len(stopped) == 2, service.output()
 
 
 def test_workers_stop_when_the_supervisor_is_killed(processes: ServeProcesses) -> None:

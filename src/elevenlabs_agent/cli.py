@@ -142,11 +142,12 @@ def main() -> None:
 
 @main.command()
 @click.option("--worker-fd", type=int, hidden=True, help="Internal: serve on this inherited socket (WORKERS > 1).")
-def serve(worker_fd: int | None) -> None:
+@click.option("--supervisor-pid", type=int, hidden=True, help="Internal: stop when this parent is gone.")
+def serve(worker_fd: int | None, supervisor_pid: int | None) -> None:
     """Run the service (embedded Redis when REDIS_URL is unset; WORKERS processes)."""
     from elevenlabs_agent.serve import run
 
-    run(_settings(), worker_fd)
+    run(_settings(), worker_fd, supervisor_pid)
 
 
 @main.command()

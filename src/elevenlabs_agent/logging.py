@@ -55,7 +55,9 @@ def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (PrintLogger writes the newline separately): with several workers on one
+        # stdout, lines would otherwise interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)

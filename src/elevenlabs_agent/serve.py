@@ -36,7 +36,7 @@ class DrainingServer(uvicorn.Server):
         runtime: Runtime,
         drain_seconds: float,
         shutdown_timeout: float,
-        supervised: bool = False,
+        supervisor_pid: int | None = None,
     ) -> None:
         super().__init__(config)
         self.runtime = runtime
@@ -44,7 +44,8 @@ class DrainingServer(uvicorn.Server):
         self.shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signalled = False
-        self.supervisor_pid = os.getppid() if supervised else None
+        # Given by the supervisor, not read from getppid() here: a worker can be orphaned before this.
+        self.supervisor_pid = supervisor_pid
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -99,10 +100,10 @@ def redis_for(settings: Settings) -> Iterator[str]:
         log.info(events.EMBEDDED_REDIS_STOPPED)
 
 
-def run(settings: Settings, worker_fd: int | None = None) -> None:
+def run(settings: Settings, worker_fd: int | None = None, supervisor_pid: int | None = None) -> None:
     """Serve in this process, or (WORKERS > 1) supervise worker processes that share one socket."""
     if worker_fd is not None:
-        _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)])
+        _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)], supervisor_pid)
         return
     log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port, workers=settings.workers)
     with redis_for(settings) as redis_url:
@@ -112,7 +113,9 @@ def run(settings: Settings, worker_fd: int | None = None) -> None:
             _serve(settings, redis_url, None)
 
 
-def _serve(settings: Settings, redis_url: str, sockets: list[socket.socket] | None) -> None:
+def _serve(
+    settings: Settings, redis_url: str, sockets: list[socket.socket] | None, supervisor_pid: int | None = None
+) -> None:
     app = create_app(settings, redis_url)
     config = uvicorn.Config(
         app,
@@ -130,6 +133,6 @@ def _serve(settings: Settings, redis_url: str, sockets: list[socket.socket] | No
         app.state.runtime,
         settings.drain_seconds,
         settings.shutdown_timeout_seconds,
-        supervised=sockets is not None,
+        supervisor_pid=supervisor_pid,
     )
     server.run(sockets)

@@ -56,6 +56,7 @@ class Supervisor:
     def _start(self, index: int, listener: socket.socket, env: dict[str, str]) -> None:
         fd = listener.fileno()
         argv = [sys.executable, "-m", "elevenlabs_agent", "serve", "--worker-fd", str(fd)]
+        argv += ["--supervisor-pid", str(os.getpid())]
         self.workers[index] = subprocess.Popen(argv, env=env, pass_fds=(fd,))
         log.info(events.WORKER_STARTED, worker=index, pid=self.workers[index].pid)
 
