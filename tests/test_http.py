@@ -358,6 +358,9 @@ async def test_unknown_route_is_json_404(stack: Stack) -> None:
     for method in ("GET", "POST"):
         response = await stack.http.request(method, "/no/such/route", json={})
         assert_json_error(response, 404)
+    # A trailing slash is another (unknown) path, not a bodiless redirect.
+    for method, path in (("GET", "/health/"), ("POST", "/callback/"), ("GET", "/agent-conversations/api/list/")):
+        assert_json_error(await stack.http.request(method, path, json={}), 404)
 
 
 async def test_unknown_conversation_is_json_404(stack: Stack) -> None:

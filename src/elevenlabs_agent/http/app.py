@@ -69,5 +69,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # A trailing slash is an unknown route (JSON 404), not Starlette's bodiless 307 to the path without it.
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

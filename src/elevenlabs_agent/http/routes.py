@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from elevenlabs_agent import SERVICE_NAME, __version__, events, metrics
+from elevenlabs_agent.http import openapi
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
@@ -32,6 +34,8 @@ from elevenlabs_agent.timeutil import now_iso
 log = get_logger()
 MAX_PAGE = 100
 MAX_ACK_IDS = 100
+MAX_OFFSET = 10_000_000
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -134,6 +138,18 @@ async def config_health(request: Request) -> Response:
     )
 
 
+async def openapi_json(request: Request) -> Response:
+    s = _runtime(request).settings
+    document = openapi.document(
+        max_body_bytes=s.max_body_bytes,
+        max_callback_body_bytes=s.max_callback_body_bytes,
+        max_page=MAX_PAGE,
+        max_offset=MAX_OFFSET,
+        max_ack_ids=MAX_ACK_IDS,
+    )
+    return Response(document, media_type="application/json")
+
+
 # --- ElevenLabs-facing ----------------------------------------------------------------------------
 
 
@@ -183,13 +199,14 @@ async def callback(request: Request) -> Response:
 
 
 def _page_params(request: Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query_params.get("limit", "20"))
-        offset = int(request.query_params.get("offset", "0"))
-    except ValueError:
-        raise InvalidInput("limit and offset must be integers") from None
-    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= 10_000_000:
-        raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset 0-10000000")
+    limit_text = request.query_params.get("limit", "20")
+    offset_text = request.query_params.get("offset", "0")
+    # ASCII digits only: int() would also take " 5", "1_0" and non-ASCII digits.
+    if not (_DIGITS.fullmatch(limit_text) and _DIGITS.fullmatch(offset_text)):
+        raise InvalidInput("limit and offset must be integers")
+    limit, offset = int(limit_text), int(offset_text)
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset 0-{MAX_OFFSET}")
     return offset, limit
 
 
@@ -304,6 +321,7 @@ ROUTES = [
     Route("/metrics", metrics_endpoint),
     Route("/config", config),
     Route("/config/health", config_health),
+    Route("/openapi.json", openapi_json),
     Route("/signed-url", signed_url),
     Route("/agent-tools", agent_tools, methods=["POST"]),
     Route("/agent-tools/{tool_name}", agent_tools, methods=["POST"]),

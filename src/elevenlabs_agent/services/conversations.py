@@ -40,6 +40,11 @@ def require_id(value: str, what: str = "conversation id") -> str:
     return value
 
 
+def _one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """Membership that is safe for any JSON value (a list or an object is unhashable)."""
+    return isinstance(value, str) and value in allowed
+
+
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
@@ -70,15 +75,15 @@ def parse_message(body: Any) -> dict[str, Any]:
     """An AgentMessage from a client, with only the documented fields kept."""
     body = _object(body)
     role, content, source = body.get("role"), body.get("content"), body.get("source", "text")
-    if role not in ROLES:
+    if not _one_of(role, ROLES):
         raise InvalidInput("role must be one of: " + ", ".join(sorted(ROLES)))
     if not isinstance(content, str) or len(content) > MAX_CONTENT_CHARS:
         raise InvalidInput(f"content must be a string of at most {MAX_CONTENT_CHARS} characters")
-    if source not in SOURCES:
+    if not _one_of(source, SOURCES):
         raise InvalidInput("source must be one of: " + ", ".join(sorted(SOURCES)))
     message: dict[str, Any] = {"role": role, "content": content, "source": source}
     if body.get("status") is not None:
-        if body["status"] not in STATUSES:
+        if not _one_of(body["status"], STATUSES):
             raise InvalidInput("status must be one of: " + ", ".join(sorted(STATUSES)))
         message["status"] = body["status"]
     if (name := _optional_str(body, "toolName", 64)) is not None:
@@ -163,15 +168,17 @@ class ConversationService:
         if push_url is not None and (why := check_url(push_url, self.allowed_hosts)) is not None:
             raise InvalidInput(f"pushUrl rejected: {why}")
         transport = body.get("transport")
-        if transport is not None and transport not in TRANSPORTS:
+        if transport is not None and not _one_of(transport, TRANSPORTS):
             raise InvalidInput("transport must be 'websocket' or 'webrtc'")
         session_id = _optional_str(body, "sessionId", 128) or str(uuid.uuid4())
         agent_session_id = _optional_str(body, "agentSessionId", 128)
         expires_at = body.get("expiresAt")
-        if expires_at is not None and not isinstance(expires_at, str | int | float):
+        if expires_at is not None and (not isinstance(expires_at, str | int | float) or isinstance(expires_at, bool)):
             raise InvalidInput("expiresAt must be a string or a number")
         metadata = _metadata(body)
         eleven_id = metadata.get("elevenConversationId")
+        if eleven_id is not None and not isinstance(eleven_id, str):
+            raise InvalidInput("metadata.elevenConversationId must be a string")
         aliases = [a for a in (eleven_id, session_id, agent_session_id) if isinstance(a, str)]
         if any(not is_valid_id(a) for a in aliases):
             raise InvalidInput(

@@ -28,7 +28,8 @@ STATUS_TOOL = "get_task_status"
 DEFAULT_CODE_TOOL = "code_task"
 MAX_PROMPT_CHARS = 50_000
 RECENT_TASKS = 5
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 _ENVELOPE = frozenset({"tool_name", "tool_args", "conversation_id", "session_id", "agent_id"})
 _PROMPT_ARGS = ("prompt", "task", "instruction", "query")
 _PASS_THROUGH = ("repository", "branchName", "maxIterations")
@@ -50,13 +51,18 @@ class ToolCall:
     def parse(cls, body: Any, path_tool: str | None = None) -> ToolCall:
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
+        if path_tool is not None and not _TOOL_NAME.fullmatch(path_tool):
+            # Checked even when the body names the tool: a malformed path is never silently ignored.
+            raise InvalidInput("the tool name in the path must be 1-64 characters of letters, digits, '_', '.', '-'")
         if "tool_args" in body:  # the original shape
             args = body["tool_args"]
             if not isinstance(args, dict):
                 raise InvalidInput("tool_args must be an object")
         else:  # a flat tool body: everything but the envelope is an argument
             args = {k: v for k, v in body.items() if k not in _ENVELOPE}
-        tool_name = body.get("tool_name", path_tool) or DEFAULT_CODE_TOOL
+        tool_name = body.get("tool_name")
+        if tool_name is None or tool_name == "":  # only these mean "not named here" (not false, 0, [])
+            tool_name = path_tool or DEFAULT_CODE_TOOL
         if not isinstance(tool_name, str) or not _TOOL_NAME.fullmatch(tool_name):
             raise InvalidInput("tool_name must be 1-64 characters of letters, digits, '_', '.', '-'")
         return cls(
