@@ -110,13 +110,9 @@ class MuxRedis(Redis):
         self.url = url
         self.timeout = timeout
         self._target = parse_url(url)
+        self._encode = self.connection_pool.get_encoder().encode  # type: ignore[no-untyped-call]
         self._wire: _Wire | None = None
         self._connecting = asyncio.Lock()
-
-    @staticmethod
-    def serves(url: str) -> bool:
-        """A single Redis node (Cluster and Sentinel URLs need redis-py's own clients)."""
-        return url.split("://", 1)[0] in ("redis", "rediss", "unix")
 
     async def _connect(self) -> _Wire:
         async with self._connecting:
@@ -153,7 +149,7 @@ class MuxRedis(Redis):
                 raise RedisConnectionError(f"Redis refused the connection setup: {type(reply).__name__}")
 
     def _pack(self, commands: Sequence[Command]) -> bytes:
-        encode = self.connection_pool.get_encoder().encode  # type: ignore[no-untyped-call]
+        encode = self._encode
         parts: list[bytes] = []
         for command in commands:
             if " " in command[0]:

@@ -17,7 +17,7 @@ from elevenlabs_agent import metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient
 from elevenlabs_agent.muxredis import MuxRedis
-from elevenlabs_agent.redis_urls import open_cluster, open_sentinel_master, parse_redis_url
+from elevenlabs_agent.redis_urls import is_single_node, open_cluster, open_sentinel_master, parse_redis_url
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.services.conversations import ConversationService
 from elevenlabs_agent.services.delivery import DeliveryService
@@ -84,7 +84,7 @@ class Runtime:
         s = settings
         redis = (
             MuxRedis(redis_url, s.redis_timeout_seconds)
-            if MuxRedis.serves(redis_url)
+            if is_single_node(redis_url)
             else connect_redis(redis_url, s.redis_timeout_seconds)
         )
         blocking_redis = connect_redis(redis_url, s.redis_timeout_seconds, blocking=True)

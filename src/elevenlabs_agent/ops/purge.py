@@ -98,9 +98,9 @@ class Source:
 async def sources(redis: Redis, redis_url: str) -> list[Source]:
     """One source for a single server or a Sentinel master, one per master on a Redis Cluster."""
     target = parse_redis_url(redis_url)
+    creds: dict[str, Any] = {"username": target.username, "password": target.password, "tls": target.tls}
     if isinstance(redis, RedisCluster):
         await redis.initialize()
-        creds = {"username": target.username, "password": target.password, "tls": target.tls}
         return [
             Source(
                 partial(HashReader.connect, node.host, node.port, cluster=True, **creds),
@@ -112,20 +112,7 @@ async def sources(redis: Redis, redis_url: str) -> list[Source]:
         pool = redis.connection_pool
         assert isinstance(pool, SentinelConnectionPool)
         host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
-        return [
-            Source(
-                partial(
-                    HashReader.connect,
-                    host,
-                    port,
-                    username=target.username,
-                    password=target.password,
-                    tls=target.tls,
-                    db=target.db,
-                ),
-                partial(scan_batches, redis),
-            )
-        ]
+        return [Source(partial(HashReader.connect, host, port, db=target.db, **creds), partial(scan_batches, redis))]
     return [Source(partial(HashReader.open, redis_url), partial(scan_batches, redis))]
 
 
