@@ -94,6 +94,8 @@ class Conn:
 
     def _head(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        # Browser routes: the identity a loopback authenticating proxy would set (BROWSER_AUTH=proxy).
+        lines.append("X-Forwarded-User: bench")
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 

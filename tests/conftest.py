@@ -26,6 +26,7 @@ from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from tests.helpers import BROWSER_IDENTITY
 
 AGENT_ID = "agent_test"
 
@@ -194,7 +195,9 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncI
             agent_logging.configure(settings.log_level, settings.secret_values)
             service.app = create_app(settings, settings.redis_url or redis_server.url)
             await exits.enter_async_context(service)
-            http = await exits.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=15))
+            http = await exits.enter_async_context(
+                httpx.AsyncClient(base_url=service.url, timeout=15, headers=BROWSER_IDENTITY)
+            )
             return Stack(
                 settings, service, http, runner, elevenlabs, el_server, redis, webhook_secret, runner_secret, api_key
             )

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.helpers import BROWSER_IDENTITY
+
 
 @dataclass
 class Refusal:
@@ -104,7 +106,7 @@ class RelayBrowser:
 
     async def _read_loop(self) -> None:
         timeout = httpx.Timeout(5.0, read=15.0)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=self.base_url, timeout=timeout) as client:
             while not self._stopped():
                 headers = {"Accept": "text/event-stream"}
                 if self.last_event_id is not None:
@@ -149,7 +151,7 @@ class RelayBrowser:
                 data.append(value)
 
     async def _ack_loop(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=5.0) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=self.base_url, timeout=5.0) as client:
             while not self._stopped():
                 batch = sorted(self.unacked)[:100]
                 if batch:

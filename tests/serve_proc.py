@@ -25,6 +25,7 @@ import orjson
 
 from elevenlabs_agent.redis_server import free_port
 from elevenlabs_agent.settings import Settings
+from tests.helpers import BROWSER_IDENTITY
 
 ENTRY_POINT = Path(sys.executable).parent / "elevenlabs-agent"
 MODULE_SERVE = [sys.executable, "-m", "elevenlabs_agent", "serve"]
@@ -107,7 +108,7 @@ class ServeProcess:
         if self.piped:
             self._pump = asyncio.create_task(self._read_pipe())
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=self.url, timeout=2) as client:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}:\n{self.output()}"
                 with contextlib.suppress(httpx.HTTPError):

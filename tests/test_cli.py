@@ -20,6 +20,7 @@ import pytest
 import redis as redis_sync
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
+from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses, clean_env
 
 WEBHOOK_SECRET = "cli-test-webhook-secret-0123456789"
@@ -134,9 +135,13 @@ def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_facto
     service = service_factory(EMBEDDED_REDIS_DIR=str(data_dir), DRAIN_SECONDS="0.5")
     health = service.start_blocking()
     assert health["status"] == "ok" and health["redis"] == "connected", health
-    assert httpx.get(f"{service.url}/config").json()["config"]["redisUrl"] != "configured"
+    assert httpx.get(f"{service.url}/config", headers=BROWSER_IDENTITY).json()["config"]["redisUrl"] != "configured"
 
-    created = httpx.post(f"{service.url}/agent-conversations/api/new", json={"conversationId": "conv-persisted"})
+    created = httpx.post(
+        f"{service.url}/agent-conversations/api/new",
+        headers=BROWSER_IDENTITY,
+        json={"conversationId": "conv-persisted"},
+    )
     assert created.status_code == 201, created.text
 
     started = next(r for r in service.records() if r["event"] == "redis.embedded_started")
@@ -163,7 +168,7 @@ def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_facto
     # Data survives a restart of serve on the same directory.
     again = service_factory(EMBEDDED_REDIS_DIR=str(data_dir), DRAIN_SECONDS="0.5")
     again.start_blocking()
-    assert httpx.get(f"{again.url}/agent-conversations/api/conv-persisted").status_code == 200
+    assert httpx.get(f"{again.url}/agent-conversations/api/conv-persisted", headers=BROWSER_IDENTITY).status_code == 200
     again.terminate()
     assert again.wait(timeout=15) == 0, again.output()
 
@@ -174,10 +179,14 @@ def test_serve_with_redis_url_drains_then_exits(service_factory: Any, redis_serv
     service = service_factory(REDIS_URL=redis_server.url, DRAIN_SECONDS="2")
     health = service.start_blocking()
     assert health["redis"] == "connected", health
-    assert httpx.get(f"{service.url}/config").json()["config"]["redisUrl"] == "configured"
+    assert httpx.get(f"{service.url}/config", headers=BROWSER_IDENTITY).json()["config"]["redisUrl"] == "configured"
     assert httpx.get(f"{service.url}/ready").status_code == 200
 
-    response = httpx.post(f"{service.url}/agent-conversations/api/new", json={"conversationId": "conv-cli-external"})
+    response = httpx.post(
+        f"{service.url}/agent-conversations/api/new",
+        headers=BROWSER_IDENTITY,
+        json={"conversationId": "conv-cli-external"},
+    )
     assert response.status_code == 201, response.text
     client = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
     try:
@@ -213,14 +222,21 @@ def test_serve_exits_promptly_with_an_open_event_stream(service_factory: Any, re
         redis_server.start()
     service = service_factory(REDIS_URL=redis_server.url, DRAIN_SECONDS="0.5", SSE_KEEPALIVE_SECONDS="60")
     service.start_blocking()
-    created = httpx.post(f"{service.url}/agent-conversations/api/new", json={"conversationId": "conv-cli-sse"})
+    created = httpx.post(
+        f"{service.url}/agent-conversations/api/new", headers=BROWSER_IDENTITY, json={"conversationId": "conv-cli-sse"}
+    )
     assert created.status_code == 201, created.text
     received: list[bytes] = []
 
     def read_stream() -> None:
         with (
             contextlib.suppress(httpx.HTTPError),
-            httpx.stream("GET", f"{service.url}/agent-conversations/api/conv-cli-sse/events", timeout=60) as stream,
+            httpx.stream(
+                "GET",
+                f"{service.url}/agent-conversations/api/conv-cli-sse/events",
+                headers=BROWSER_IDENTITY,
+                timeout=60,
+            ) as stream,
         ):
             assert stream.status_code == 200
             for chunk in stream.iter_raw():

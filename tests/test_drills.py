@@ -40,6 +40,7 @@ from elevenlabs_agent.sim.elevenlabs import PushMode
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.timeutil import parse_iso
 from tests.conftest import Stack, StackFactory
+from tests.helpers import BROWSER_IDENTITY
 
 # --- helpers: logs, metrics, CLI, timing ------------------------------------------------------------
 
@@ -494,7 +495,7 @@ class SSEWatch:
         timeout = httpx.Timeout(5, read=30)
         try:
             async with (
-                httpx.AsyncClient(base_url=self.stack.service.url, timeout=timeout) as client,
+                httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=self.stack.service.url, timeout=timeout) as client,
                 client.stream("GET", self.url) as response,
             ):
                 async for line in response.aiter_lines():

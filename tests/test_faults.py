@@ -41,6 +41,7 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory
+from tests.helpers import BROWSER_IDENTITY
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcesses, wait_status
 
@@ -155,7 +156,7 @@ class Load:
 async def load_loop(
     load: Load, base_url: str, conversation_id: str, stop: asyncio.Event, deadline: float, pause: float = 0.03
 ) -> None:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=base_url, timeout=10) as client:
         for n in range(100_000):
             if stop.is_set() or time.monotonic() > deadline:
                 return
@@ -189,7 +190,7 @@ class ReadyWatch:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=3) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=self.base_url, timeout=3) as client:
             while time.monotonic() < self.deadline:
                 try:
                     response = await client.get("/ready")
@@ -232,7 +233,7 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
             await service.start(path="/ready")
             pid = service.pid
             conversation_ids = [f"conv-redis-kill-{i}" for i in range(conversations)]
-            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+            async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
                 for conversation_id in conversation_ids:
                     await create_conversation(client, conversation_id)
             browsers = [RelayBrowser(service.url, c, max_seconds=60).start() for c in conversation_ids]
@@ -259,7 +260,7 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
             restarted_at = time.monotonic()
             await asyncio.to_thread(redis_server.start)  # same port, same directory (its AOF)
             assert await redis_config(redis_server.url, "appendfsync") == "always"
-            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+            async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
                 await wait_status(client, "/ready", 200, 10)
             ready_again_at = time.monotonic()
             started_before_recovery = len(load.started)
@@ -441,7 +442,7 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
         await first.start(path="/ready")
         voice, eleven_id = await open_voice(el_server)
         push_conversation, relay_conversation = "conv-crash-push", "conv-crash-relay"
-        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=first.url, timeout=10) as client:
             await create_conversation(client, push_conversation)
             await create_conversation(client, relay_conversation)
             await register(client, el_server, push_conversation, eleven_id, push=True)
@@ -483,7 +484,7 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
         await second.start(path="/ready")
         relay = RelayBrowser(second.url, relay_conversation, max_seconds=30).start()
         try:
-            async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+            async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=second.url, timeout=10) as client:
                 answer = await register(client, el_server, push_conversation, eleven_id, push=True)
                 assert answer["pendingResults"] == 2, answer
                 await elevenlabs.wait_update(eleven_id, 3, timeout=10)

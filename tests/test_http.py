@@ -451,11 +451,14 @@ async def test_cors_allows_only_configured_origins(make_stack: StackFactory) -> 
     assert allowed.status_code == 200
     assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
     assert "POST" in allowed.headers.get("access-control-allow-methods", "")
-    assert allowed.headers.get("access-control-allow-credentials") != "true"
+    # A named origin may send credentials (the token cookie, a proxy's cookie): never reflected for others.
+    assert allowed.headers.get("access-control-allow-credentials") == "true"
 
     denied = await stack.http.options(path, headers=_preflight("https://evil.example"))
+    # Without Access-Control-Allow-Origin the browser refuses the request, credentials or not
+    # (Starlette's refused preflight still carries its static Allow-Credentials header).
+    assert denied.status_code == 400
     assert "access-control-allow-origin" not in denied.headers
-    assert denied.headers.get("access-control-allow-credentials") != "true"
 
     simple = await stack.http.get("/health", headers={"Origin": "https://app.example"})
     assert simple.headers.get("access-control-allow-origin") == "https://app.example"

@@ -32,6 +32,7 @@ from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory, eventually
+from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcess, ServeProcesses, wait_status
 
 WEBHOOK_SECRET = "lifecycle-webhook-secret-0123456789"
@@ -227,7 +228,7 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
     hard_deadline = time.monotonic() + 60
 
     async def client_loop(index: int) -> None:
-        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
             for n in range(100_000):
                 if stop_sending.is_set() or port_closed.is_set() or time.monotonic() > hard_deadline:
                     return
@@ -250,7 +251,7 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
 
     async def ready_probe() -> None:
         """Polls /ready like a load balancer's health check; takes the instance out after a 503."""
-        async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=5) as client:
             for _ in range(10_000):
                 if port_closed.is_set() or time.monotonic() > hard_deadline:
                     return
@@ -276,7 +277,9 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
         for _ in range(1_000):
             if time.monotonic() >= drain_end - 0.15:  # keep out of the race with the moment shutdown begins
                 break
-            async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:  # a fresh connection
+            async with httpx.AsyncClient(
+                headers=BROWSER_IDENTITY, base_url=service.url, timeout=5
+            ) as client:  # a fresh connection
                 response = await attempt(load, "GET /health (monitor)", client.get("/health"))
             if response is not None:
                 load.health_during_drain.append(response.status_code)
@@ -286,7 +289,7 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
             if time.monotonic() > hard_deadline:
                 return
             try:
-                async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:
+                async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=5) as client:
                     response = await client.get("/health")
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                 load.refused += 1  # after the drain: what a load balancer has long routed away
@@ -382,7 +385,7 @@ async def test_open_event_stream_does_not_hold_shutdown(
         SSE_KEEPALIVE_SECONDS="60",
     )
     await service.start()
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
         created = await client.post("/agent-conversations/api/new", json={})
         assert created.status_code == 201, created.text
         conversation_id = created.json()["conversationId"]
@@ -394,7 +397,7 @@ async def test_open_event_stream_does_not_hold_shutdown(
     async def read_stream() -> None:
         timeout = httpx.Timeout(5, read=60)
         async with (
-            httpx.AsyncClient(base_url=service.url, timeout=timeout) as client,
+            httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=timeout) as client,
             client.stream("GET", f"/agent-conversations/api/{conversation_id}/events") as stream,
         ):
             assert stream.status_code == 200
@@ -434,7 +437,7 @@ async def test_second_signal_during_drain_exits_at_once(
     service = serve_factory(redis_server.url, runner_server.url, DRAIN_SECONDS="20", SHUTDOWN_TIMEOUT_SECONDS="30")
     await service.start()
     service.signal(signal.SIGTERM)
-    async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=5) as client:
         await wait_status(client, "/ready", 503, 5)  # the first signal was taken: draining
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["draining"] is True
@@ -461,7 +464,7 @@ async def test_sigterm_while_a_log_write_is_blocked_still_drains_and_exits(
     await service.start()
     service.reading = False
     requests, stalled = 0, False
-    async with httpx.AsyncClient(base_url=service.url, timeout=1) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=1) as client:
         for requests in range(1, 20_001):  # noqa: B007 - the count is reported
             try:
                 await client.get("/health")
@@ -499,7 +502,7 @@ async def test_request_in_flight_when_shutdown_begins_is_answered_within_the_shu
     timing = {"DRAIN_SECONDS": str(drain), "SHUTDOWN_TIMEOUT_SECONDS": str(shutdown_timeout)}
     service = serve_factory(redis_server.url, runner_server.url, DISPATCH_TIMEOUT_SECONDS="5", **timing)
     await service.start()
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
         service.signal(signal.SIGTERM)
         signalled = time.monotonic()
         try:
@@ -533,7 +536,7 @@ async def test_callback_during_drain_is_stored_and_acknowledged(
         redis_server.url, runner_server.url, DRAIN_SECONDS=str(drain), SHUTDOWN_TIMEOUT_SECONDS="10"
     )
     await service.start()
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
         response = await tool_call(client, "conv-drain-callback", "fix the flaky test")
         signalled = time.monotonic()
         service.signal(signal.SIGTERM)
@@ -596,7 +599,7 @@ async def test_service_recovers_from_a_redis_restart_without_restarting(
     own_redis.start()
     service = serve_factory(own_redis.url, runner_server.url, DRAIN_SECONDS="0.2", SHUTDOWN_TIMEOUT_SECONDS="5")
     await service.start()
-    async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=15) as client:
         await wait_status(client, "/ready", 200, 5)
         before = await tool_call(client, "conv-outage", "before the outage")
         assert before.status_code == 200 and before.json()["success"] is True, before.text
@@ -648,7 +651,7 @@ async def test_service_answers_in_bounded_time_while_redis_hangs_and_recovers(
     await service.start()
     assert own_redis.process is not None
     try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=15) as client:
             await wait_status(client, "/ready", 200, 5)
             before = await tool_call(client, "conv-hung", "before the hang")
             assert before.status_code == 200 and before.json()["success"] is True, before.text
@@ -675,7 +678,7 @@ async def test_serve_starts_while_redis_is_down_and_recovers_when_it_comes_up(
     service = serve_factory(own_redis.url, runner_server.url, DRAIN_SECONDS="0.2", SHUTDOWN_TIMEOUT_SECONDS="5")
     health = await service.start()
     assert health["status"] == "ok" and health["redis"] == "disconnected", health
-    async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=15) as client:
         await assert_redis_down_answers(client, "conv-cold-start")
 
         await asyncio.to_thread(own_redis.start)

@@ -33,6 +33,7 @@ from elevenlabs_agent.redis_server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from tests.helpers import BROWSER_IDENTITY
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcess, ServeProcesses
 
@@ -100,8 +101,8 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
         eleven_id = orjson.loads(await voice.recv())["conversation_initiation_metadata_event"]["conversation_id"]
         conversation_id = "conv-two-instances"
         async with (
-            httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
-            httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
+            httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=a.url, timeout=10) as on_a,
+            httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=b.url, timeout=10) as on_b,
         ):
             created = await on_a.post("/agent-conversations/api/new", json={"conversationId": conversation_id})
             assert created.status_code == 201, created.text
@@ -270,7 +271,7 @@ class Load:
 
 
 async def load_loop(load: Load, url: str, conversation_id: str, stop: asyncio.Event, deadline: float) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=url, timeout=10) as client:
         for n in range(100_000):
             if stop.is_set() or time.monotonic() > deadline:
                 return
@@ -316,7 +317,7 @@ async def test_rolling_restart_behind_haproxy_under_load_fails_no_request_and_lo
                 await lb.wait_state(name, "UP")
 
             conversation_ids = [f"conv-rolling-{i}" for i in range(conversations)]
-            async with httpx.AsyncClient(base_url=lb.url, timeout=10) as client:
+            async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=lb.url, timeout=10) as client:
                 for conversation_id in conversation_ids:
                     created = await client.post(
                         "/agent-conversations/api/new", json={"conversationId": conversation_id}

@@ -143,11 +143,12 @@ def main() -> None:
 @main.command()
 @click.option("--worker-fd", type=int, hidden=True, help="Internal: serve on this inherited socket (WORKERS > 1).")
 @click.option("--supervisor-pid", type=int, hidden=True, help="Internal: stop when this parent is gone.")
-def serve(worker_fd: int | None, supervisor_pid: int | None) -> None:
+@click.option("--metrics-fd", type=int, hidden=True, help="Internal: METRICS_PORT's inherited socket.")
+def serve(worker_fd: int | None, supervisor_pid: int | None, metrics_fd: int | None) -> None:
     """Run the service (embedded Redis when REDIS_URL is unset; WORKERS processes)."""
     from elevenlabs_agent.serve import run
 
-    run(_settings(), worker_fd, supervisor_pid)
+    run(_settings(), worker_fd, supervisor_pid, metrics_fd)
 
 
 @main.command()

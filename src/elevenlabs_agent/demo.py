@@ -78,7 +78,9 @@ async def _round_trip(redis_url: str, step: Callable[[str], None]) -> bool:
         service.app = create_app(settings, redis_url)
         await stack.enter_async_context(service)
         step(f"elevenlabs-agent listening on {service.url}")
-        http = await stack.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=10))
+        # The browser's requests come through an authenticating proxy on this machine (BROWSER_AUTH=proxy).
+        identity = {settings.browser_auth_header: "demo-user"}
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=10, headers=identity))
 
         # The browser: create our conversation, open the ElevenLabs session, register it.
         conversation_id = (await http.post("/agent-conversations/api/new", json={"agentId": AGENT_ID})).json()[

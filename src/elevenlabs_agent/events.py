@@ -21,6 +21,12 @@ HTTP_UNHANDLED_ERROR: Final = "http.unhandled_error"
 REDIS_UNAVAILABLE: Final = "redis.unavailable"
 HOUSEKEEPING_FAILED: Final = "housekeeping.failed"
 
+# browser authentication (route group "browser")
+BROWSER_AUTH_REFUSED: Final = "browser_auth.refused"
+BROWSER_AUTH_DISABLED: Final = "browser_auth.disabled"
+BROWSER_LOGIN: Final = "browser_auth.login"
+SIGNED_URL_RATE_LIMITED: Final = "signed_url.rate_limited"
+
 # tool webhook (ElevenLabs -> us)
 WEBHOOK_UNAUTHORIZED: Final = "webhook.unauthorized"
 WEBHOOK_NOT_CONFIGURED: Final = "webhook.not_configured"

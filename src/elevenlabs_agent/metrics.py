@@ -22,6 +22,12 @@ HTTP_REQUEST_DURATION = Histogram(
     PREFIX + "http_request_duration_seconds", "HTTP request latency by route template", ["route"]
 )
 
+BROWSER_AUTH = Counter(
+    PREFIX + "browser_auth",
+    "Browser-group requests and WebSocket handshakes by authentication outcome",
+    ["outcome"],
+)
+
 # domain
 WEBHOOKS = Counter(PREFIX + "webhooks", "Tool webhooks by outcome", ["outcome"])
 DISPATCHES = Counter(PREFIX + "dispatches", "cursor-runner dispatches by outcome", ["outcome"])

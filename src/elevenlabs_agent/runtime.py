@@ -27,6 +27,7 @@ from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
+from elevenlabs_agent.stores.ratelimits import RateLimitStore
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.tasks import TaskStore
 
@@ -112,7 +113,13 @@ class Runtime:
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
             callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
-            signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
+            signed_urls=SignedUrlService(
+                elevenlabs,
+                s.elevenlabs_agent_id,
+                s.signed_url_agent_ids,
+                RateLimitStore(redis, "signed-url"),
+                s.signed_url_rate_per_minute,
+            ),
         )
 
     def time_left(self, default: float) -> float:

@@ -15,7 +15,7 @@ from types import FrameType
 import uvicorn
 
 from elevenlabs_agent import events
-from elevenlabs_agent.http.app import create_app
+from elevenlabs_agent.http.app import create_app, create_metrics_app
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.runtime import Runtime
@@ -37,8 +37,10 @@ class DrainingServer(uvicorn.Server):
         drain_seconds: float,
         shutdown_timeout: float,
         supervisor_pid: int | None = None,
+        companion: tuple[uvicorn.Server, list[socket.socket] | None] | None = None,
     ) -> None:
         super().__init__(config)
+        self.companion = companion
         self.runtime = runtime
         self.drain_seconds = drain_seconds
         self.shutdown_timeout = shutdown_timeout
@@ -49,7 +51,17 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        if self.companion is None:
+            await super().serve(sockets)
+            return
+        # The METRICS_PORT listener lives exactly as long as the main one: probes there see the drain.
+        server, companion_sockets = self.companion
+        task = asyncio.create_task(server.serve(companion_sockets))
+        try:
+            await super().serve(sockets)
+        finally:
+            server.should_exit = True
+            await task
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler may interrupt a log write or a metrics update that holds a lock, so it
@@ -100,10 +112,16 @@ def redis_for(settings: Settings) -> Iterator[str]:
         log.info(events.EMBEDDED_REDIS_STOPPED)
 
 
-def run(settings: Settings, worker_fd: int | None = None, supervisor_pid: int | None = None) -> None:
+def run(
+    settings: Settings,
+    worker_fd: int | None = None,
+    supervisor_pid: int | None = None,
+    metrics_fd: int | None = None,
+) -> None:
     """Serve in this process, or (WORKERS > 1) supervise worker processes that share one socket."""
     if worker_fd is not None:
-        _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)], supervisor_pid)
+        metrics_sockets = None if metrics_fd is None else [socket.socket(fileno=metrics_fd)]
+        _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)], supervisor_pid, metrics_sockets)
         return
     log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port, workers=settings.workers)
     with redis_for(settings) as redis_url:
@@ -114,25 +132,41 @@ def run(settings: Settings, worker_fd: int | None = None, supervisor_pid: int | 
 
 
 def _serve(
-    settings: Settings, redis_url: str, sockets: list[socket.socket] | None, supervisor_pid: int | None = None
+    settings: Settings,
+    redis_url: str,
+    sockets: list[socket.socket] | None,
+    supervisor_pid: int | None = None,
+    metrics_sockets: list[socket.socket] | None = None,
 ) -> None:
     app = create_app(settings, redis_url)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="auto",
-        http="auto",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
-        proxy_headers=True,
-    )
+    companion = None
+    if settings.metrics_port is not None:
+        metrics_app = create_metrics_app(app.state.runtime)
+        metrics_config = _config(metrics_app, settings, settings.metrics_port, lifespan="off")
+        companion = (uvicorn.Server(metrics_config), metrics_sockets)
     server = DrainingServer(
-        config,
+        _config(app, settings, settings.port),
         app.state.runtime,
         settings.drain_seconds,
         settings.shutdown_timeout_seconds,
         supervisor_pid=supervisor_pid,
+        companion=companion,
     )
     server.run(sockets)
+
+
+def _config(app: object, settings: Settings, port: int, lifespan: str = "auto") -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=port,
+        loop="auto",
+        http="auto",
+        lifespan=lifespan,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
+        # The client address must be the TCP peer: browser authentication trusts identity headers
+        # by the peer (TRUSTED_PROXY_CIDRS), and X-Forwarded-For would let any caller name one.
+        proxy_headers=False,
+    )

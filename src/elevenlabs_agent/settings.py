@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
@@ -44,6 +45,16 @@ class Settings(BaseSettings):
     )
 
     cors_allow_origins: CommaList = ()
+    # Who may use the browser-facing routes (README "Exposure"): an identity header from a trusted
+    # authenticating proxy (default), bearer tokens, or nobody checks (explicit only).
+    browser_auth: Literal["proxy", "token", "none"] = "proxy"
+    browser_auth_header: str = Field("X-Forwarded-User", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    trusted_proxy_cidrs: CommaList = ("127.0.0.0/8", "::1/128")
+    browser_api_tokens: SecretStr | None = None
+    signed_url_rate_per_minute: int = Field(10, ge=1, le=100_000)
+    # A second listener for /metrics and the probes (e.g. on the pod network only); /metrics then
+    # leaves the main port.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     session_url_hosts: CommaList = DEFAULT_SESSION_URL_HOSTS
 
     session_ttl_seconds: int = Field(sessions.DEFAULT_TTL, gt=0)
@@ -69,18 +80,40 @@ class Settings(BaseSettings):
     max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)
     log_level: str = "info"
 
-    @field_validator("cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", mode="before")
+    @field_validator(
+        "cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", "trusted_proxy_cidrs", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
+    @field_validator("trusted_proxy_cidrs")
+    @classmethod
+    def _check_cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _tokens_for_token_auth(self) -> Settings:
+        if self.browser_auth == "token" and not self.browser_tokens:
+            raise ValueError("BROWSER_AUTH=token needs BROWSER_API_TOKENS (a comma list of tokens)")
+        return self
+
+    @cached_property
+    def browser_tokens(self) -> tuple[str, ...]:
+        if self.browser_api_tokens is None:
+            return ()
+        return tuple(t.strip() for t in self.browser_api_tokens.get_secret_value().split(",") if t.strip())
+
     @cached_property
     def secret_values(self) -> tuple[str, ...]:
         """Every configured secret, for the log redactor."""
         secrets = (self.webhook_secret, self.elevenlabs_api_key, self.cursor_runner_secret)
-        return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+        configured = tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+        return configured + self.browser_tokens
 
     @property
     def webhook_configured(self) -> bool:

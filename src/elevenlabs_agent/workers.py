@@ -36,11 +36,16 @@ class Supervisor:
         self.redis_url = redis_url
         self.stopping = False
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.metrics_listener: socket.socket | None = None
 
     def run(self) -> None:
         s = self.settings
         listener = socket.create_server((s.host, s.port), backlog=2048)
         listener.set_inheritable(True)
+        # METRICS_PORT: a second shared socket; whichever worker accepts shows every worker's metrics.
+        if s.metrics_port is not None:
+            self.metrics_listener = socket.create_server((s.host, s.metrics_port), backlog=128)
+            self.metrics_listener.set_inheritable(True)
         metrics_dir = tempfile.mkdtemp(prefix="elevenlabs-agent-metrics-")
         env = {**os.environ, "REDIS_URL": self.redis_url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,13 +56,18 @@ class Supervisor:
             self._supervise(listener, env, metrics_dir)
         finally:
             listener.close()
+            if self.metrics_listener is not None:
+                self.metrics_listener.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _start(self, index: int, listener: socket.socket, env: dict[str, str]) -> None:
-        fd = listener.fileno()
-        argv = [sys.executable, "-m", "elevenlabs_agent", "serve", "--worker-fd", str(fd)]
+        fds = [listener.fileno()]
+        argv = [sys.executable, "-m", "elevenlabs_agent", "serve", "--worker-fd", str(fds[0])]
         argv += ["--supervisor-pid", str(os.getpid())]
-        self.workers[index] = subprocess.Popen(argv, env=env, pass_fds=(fd,))
+        if self.metrics_listener is not None:
+            fds.append(self.metrics_listener.fileno())
+            argv += ["--metrics-fd", str(fds[1])]
+        self.workers[index] = subprocess.Popen(argv, env=env, pass_fds=fds)
         log.info(events.WORKER_STARTED, worker=index, pid=self.workers[index].pid)
 
     def _supervise(self, listener: socket.socket, env: dict[str, str], metrics_dir: str) -> None:

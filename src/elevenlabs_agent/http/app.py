@@ -11,9 +11,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from elevenlabs_agent import events
+from elevenlabs_agent.http.access import BrowserAuth
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
 from elevenlabs_agent.http.middleware import EdgeMiddleware
-from elevenlabs_agent.http.routes import ROUTES
+from elevenlabs_agent.http.routes import METRICS_ROUTES, ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.services.housekeeping import Housekeeper
@@ -34,7 +35,10 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             events.SERVICE_STARTED,
             enabled=settings.elevenlabs_agent_enabled,
             webhookConfigured=settings.webhook_configured,
+            browserAuth=settings.browser_auth,
         )
+        if settings.browser_auth == "none":
+            log.warning(events.BROWSER_AUTH_DISABLED, note="BROWSER_AUTH=none: browser routes are open to anyone")
         housekeeper.start()
         try:
             yield
@@ -49,27 +53,41 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
                 await runtime.close()
             log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
 
+    # With METRICS_PORT, /metrics is served only by the second listener (`create_metrics_app`).
+    routes = [r for r in ROUTES if settings.metrics_port is None or r.path != "/metrics"]
+    browser_auth = BrowserAuth(settings)
     app = Starlette(
-        routes=ROUTES,
+        routes=routes,
         middleware=[
             Middleware(
                 EdgeMiddleware,
                 enabled=settings.elevenlabs_agent_enabled,
                 hot_routes=[r for r in ROUTES if r.path in HOT_PATHS],
                 access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
+                browser_auth=browser_auth,
             ),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Content-Type", "Last-Event-ID", "X-Request-Id"],
-                allow_credentials=False,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+                # Credentials (the token cookie, a proxy's cookie) only for origins named one by one.
+                allow_credentials="*" not in settings.cors_allow_origins,
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     # A trailing slash is an unknown route (JSON 404), not Starlette's bodiless 307 to the path without it.
+    app.router.redirect_slashes = False
+    app.state.runtime = runtime
+    app.state.browser_auth = browser_auth
+    return app
+
+
+def create_metrics_app(runtime: Runtime) -> Starlette:
+    """The METRICS_PORT listener: /metrics and the probes, sharing the main app's runtime."""
+    app = Starlette(routes=METRICS_ROUTES, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

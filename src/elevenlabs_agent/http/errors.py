@@ -22,6 +22,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.RateLimited: 429,
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }
@@ -97,7 +98,10 @@ async def handle_service_error(request: Request, exc: Exception) -> Response:
     status = next(code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls))
     if status == 400:
         log.info(events.HTTP_BAD_REQUEST, path=request.url.path, status=status, error=exc.message)
-    return error_response(status, exc.message, **exc.extra)
+    response = error_response(status, exc.message, **exc.extra)
+    if isinstance(exc, errors.RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -7,10 +7,12 @@ import uuid
 
 import structlog
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from elevenlabs_agent import events, metrics
+from elevenlabs_agent.http.access import BrowserAuth, Group, Identity, Refusal, group_of
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS, error_response
 from elevenlabs_agent.logging import get_logger
 
@@ -21,8 +23,9 @@ ALWAYS_ON = frozenset({"/health", "/ready", "/metrics", "/config", "/config/heal
 
 
 class EdgeMiddleware:
-    """The outer layer of every request: request id bound to each log line, RED metrics, the access
-    log, the feature flag, and a direct path to the hot routes.
+    """The outer layer of every request: request id bound to each log line, browser authentication
+    (`access.py`: HTTP, SSE and WebSocket handshakes alike), RED metrics, the access log, the
+    feature flag, and a direct path to the hot routes.
 
     Starlette's inner stack (CORS, exception middleware, router, request wrapper) cost about a
     quarter of the CPU of a POST /agent-tools under load (py-spy). The routes ElevenLabs,
@@ -30,13 +33,24 @@ class EdgeMiddleware:
     endpoint with the same exception handlers; everything else takes the full stack as before.
     """
 
-    def __init__(self, app: ASGIApp, enabled: bool, hot_routes: list[Route], access_log: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, enabled: bool, hot_routes: list[Route], access_log: bool, browser_auth: BrowserAuth
+    ) -> None:
         self.app = app
         self.enabled = enabled
         self.hot = {(method, r.path): r for r in hot_routes for method in r.methods or ()}
         self.access_log = access_log
+        self.browser_auth = browser_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            structlog.contextvars.clear_contextvars()
+            refusal = self._authenticate(scope)
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await _deny_websocket(scope, send, refusal)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -54,7 +68,9 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            if not self.enabled and scope["path"] not in ALWAYS_ON:
+            if (refusal := self._authenticate(scope)) is not None:
+                await _unauthorized(refusal, self.browser_auth.mode)(scope, receive, send_wrapper)
+            elif not self.enabled and scope["path"] not in ALWAYS_ON:
                 response = error_response(503, "elevenlabs-agent is disabled (ELEVENLABS_AGENT_ENABLED=false)")
                 await response(scope, receive, send_wrapper)
             elif (route := self.hot.get((scope["method"], scope["path"]))) and _header(scope, b"origin") is None:
@@ -78,6 +94,50 @@ class EdgeMiddleware:
                     durationMs=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+    def _authenticate(self, scope: Scope) -> Refusal | None:
+        """None when the request may go on (and then its identity is in `scope["state"]`)."""
+        if group_of(scope["path"]) is not Group.BROWSER or _is_preflight(scope):
+            return None
+        result = self.browser_auth.identify(scope)
+        if isinstance(result, Refusal):
+            metrics.BROWSER_AUTH.labels(result.outcome).inc()
+            log.warning(events.BROWSER_AUTH_REFUSED, reason=result.outcome, path=scope["path"])
+            return result
+        metrics.BROWSER_AUTH.labels("ok" if result.ref.partition(":")[0] != "none" else "none").inc()
+        scope.setdefault("state", {})["identity"] = result
+        structlog.contextvars.bind_contextvars(identity=result.ref)
+        return None
+
+
+def identity_of(scope: Scope) -> Identity:
+    """The identity the edge established for a browser-group request."""
+    identity: Identity = scope["state"]["identity"]
+    return identity
+
+
+def _is_preflight(scope: Scope) -> bool:
+    # Browsers send CORS preflights without credentials; they reach no data (CORSMiddleware answers).
+    return scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method") is not None
+
+
+def _unauthorized(refusal: Refusal, mode: str) -> Response:
+    response = error_response(401, refusal.message)
+    if mode == "token":
+        response.headers["WWW-Authenticate"] = 'Bearer realm="elevenlabs-agent"'
+    return response
+
+
+async def _deny_websocket(scope: Scope, send: Send, refusal: Refusal) -> None:
+    """A 401 JSON answer to the handshake where the server can send one (the ASGI denial response
+    extension), otherwise a refused handshake (403)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = error_response(401, refusal.message).body
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> None:

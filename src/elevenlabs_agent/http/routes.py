@@ -19,7 +19,9 @@ from starlette.routing import Route
 
 from elevenlabs_agent import SERVICE_NAME, __version__, events, metrics
 from elevenlabs_agent.http import openapi
+from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
+from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.services import speech
@@ -89,6 +91,10 @@ async def ready(request: Request) -> Response:
                 }
             ],
             "service:draining": [{"status": "fail" if rt.draining else "pass", "observedValue": rt.draining}],
+            # `warn` never fails readiness: it tells whoever looks that browser routes are open.
+            "browser:auth": [
+                {"status": "warn" if rt.settings.browser_auth == "none" else "pass", "mode": rt.settings.browser_auth}
+            ],
         },
     }
     return Response(orjson.dumps(body), status_code=200 if passing else 503, media_type="application/health+json")
@@ -111,6 +117,7 @@ async def config(request: Request) -> Response:
                 "redisUrl": "configured" if s.redis_url else "embedded",
                 "hasApiKey": s.elevenlabs_api_key is not None,
                 "enabled": s.elevenlabs_agent_enabled,
+                "browserAuth": s.browser_auth,
             },
         }
     )
@@ -154,7 +161,8 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def signed_url(request: Request) -> Response:
-    signed = await _runtime(request).signed_urls.issue(request.query_params.get("agentId"))
+    identity = identity_of(request.scope).ref
+    signed = await _runtime(request).signed_urls.issue(request.query_params.get("agentId"), identity)
     expires = signed.expires_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return JSONResponse({"signedUrl": signed.url, "expiresAt": expires})
 
@@ -196,6 +204,32 @@ async def callback(request: Request) -> Response:
 
 
 # --- browser-facing -------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    """BROWSER_AUTH=token: trade a token for an HttpOnly cookie, so EventSource and WebSocket (which
+    cannot set headers) are authenticated too. DELETE clears the cookie."""
+    rt = _runtime(request)
+    if rt.settings.browser_auth != "token":
+        raise InvalidInput(f"token sign-in is not used here (BROWSER_AUTH={rt.settings.browser_auth})")
+    response = JSONResponse({"success": True})
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    if request.method == "DELETE":
+        response.delete_cookie(TOKEN_COOKIE, path="/", secure=secure, httponly=True, samesite="strict")
+        return response
+    body = await read_json(request, rt.settings.max_body_bytes)
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise InvalidInput("token must be a non-empty string")
+    auth: BrowserAuth = request.app.state.browser_auth
+    if not auth.token_valid(token):
+        log.warning(events.BROWSER_AUTH_REFUSED, reason="invalid_token", path=request.url.path)
+        metrics.BROWSER_AUTH.labels("invalid_token").inc()
+        raise Unauthorized("invalid token")
+    log.info(events.BROWSER_LOGIN)
+    # SameSite=Strict: another site's page cannot make the browser send it (no cross-site writes).
+    response.set_cookie(TOKEN_COOKIE, token, path="/", secure=secure, httponly=True, samesite="strict")
+    return response
 
 
 def _page_params(request: Request) -> tuple[int, int]:
@@ -315,10 +349,13 @@ async def events_stream(request: Request) -> Response:
     )
 
 
-ROUTES = [
+METRICS_ROUTES = [
     Route("/health", health),
     Route("/ready", ready),
     Route("/metrics", metrics_endpoint),
+]
+ROUTES = [
+    *METRICS_ROUTES,
     Route("/config", config),
     Route("/config/health", config_health),
     Route("/openapi.json", openapi_json),
@@ -326,6 +363,7 @@ ROUTES = [
     Route("/agent-tools", agent_tools, methods=["POST"]),
     Route("/agent-tools/{tool_name}", agent_tools, methods=["POST"]),
     Route("/callback", callback, methods=["POST"]),
+    Route(AUTH_PATH, login, methods=["POST", "DELETE"]),
     Route("/agent-conversations/api/list", list_conversations),
     Route("/agent-conversations/api/new", new_conversation, methods=["POST"]),
     Route("/agent-conversations/api/{conversation_id}", get_conversation),

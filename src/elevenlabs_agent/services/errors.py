@@ -30,6 +30,14 @@ class Conflict(ServiceError):
     """The resource's state forbids this (409)."""
 
 
+class RateLimited(ServiceError):
+    """Too many calls from this identity for now (429); `retry_after` seconds until it may retry."""
+
+    def __init__(self, message: str, /, retry_after: int) -> None:
+        super().__init__(message, retryAfterSeconds=retry_after)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServiceError):
     """Disabled, not configured, or a dependency is down (503)."""
 

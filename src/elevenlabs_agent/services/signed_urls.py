@@ -5,22 +5,37 @@ from __future__ import annotations
 from elevenlabs_agent import events
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient, SignedUrl, UpstreamError
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.services.errors import Forbidden, InvalidInput, Unavailable, UpstreamFailed
+from elevenlabs_agent.services.errors import Forbidden, InvalidInput, RateLimited, Unavailable, UpstreamFailed
 from elevenlabs_agent.stores.ids import is_valid_id
+from elevenlabs_agent.stores.ratelimits import RateLimitStore
 
 log = get_logger()
 
 
 class SignedUrlService:
     def __init__(
-        self, client: ElevenLabsClient | None, default_agent_id: str | None, allowed_agent_ids: frozenset[str]
+        self,
+        client: ElevenLabsClient | None,
+        default_agent_id: str | None,
+        allowed_agent_ids: frozenset[str],
+        limits: RateLimitStore,
+        rate_per_minute: int,
     ) -> None:
         self.client = client
         self.default_agent_id = default_agent_id
         # Our API key can mint URLs for every agent of the account: only ours may be asked for.
         self.allowed_agent_ids = allowed_agent_ids
+        # Each URL starts a conversation billed to the account: one identity gets a few a minute.
+        self.limits = limits
+        self.rate_per_minute = rate_per_minute
 
-    async def issue(self, agent_id: str | None) -> SignedUrl:
+    async def issue(self, agent_id: str | None, identity: str) -> SignedUrl:
+        window = await self.limits.hit(identity)
+        if window.count > self.rate_per_minute:
+            log.warning(events.SIGNED_URL_RATE_LIMITED, count=window.count, retryAfter=window.retry_after)
+            raise RateLimited(
+                f"too many signed URLs: at most {self.rate_per_minute} a minute", retry_after=window.retry_after
+            )
         agent_id = agent_id or self.default_agent_id
         if not agent_id:
             raise InvalidInput("agentId is required (no ELEVENLABS_AGENT_ID is configured)")

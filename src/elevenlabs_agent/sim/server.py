@@ -39,7 +39,12 @@ class LocalServer:
     async def start(self) -> None:
         assert self.app is not None, "set LocalServer.app before start()"
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, timeout_graceful_shutdown=2, ws_ping_interval=None
+            self.app,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            ws_ping_interval=None,
+            proxy_headers=False,  # the service's own setting: the client address is the TCP peer
         )
         self.server = uvicorn.Server(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[self._socket]))

@@ -6,7 +6,7 @@ can never drift from what the service writes.
 
 from dataclasses import dataclass
 
-from elevenlabs_agent.stores import aliases, conversations, locks, outbox, sessions, tasks
+from elevenlabs_agent.stores import aliases, conversations, locks, outbox, ratelimits, sessions, tasks
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("event_streams", outbox.STREAM_SCAN_PATTERN, "stream", outbox.DEFAULT_TTL, outbox.STREAM_HOLDS),
     KeyFamily("pending_results", outbox.PENDING_SCAN_PATTERN, "hash", outbox.DEFAULT_TTL, outbox.PENDING_HOLDS),
     KeyFamily("locks", locks.SCAN_PATTERN, "string", locks.DEFAULT_TTL, locks.HOLDS),
+    KeyFamily("rate_limits", ratelimits.SCAN_PATTERN, "string", ratelimits.WINDOW_SECONDS, ratelimits.HOLDS),
 )
 
 
