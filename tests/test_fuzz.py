@@ -43,9 +43,10 @@ from elevenlabs_agent.services.callbacks import CallbackBody
 from elevenlabs_agent.services.conversations import RESERVED_CONVERSATION_IDS, parse_message
 from elevenlabs_agent.services.errors import ServiceError
 from elevenlabs_agent.services.tools import TOOL_NAME_PATTERN, ToolCall
-from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks, outbox, sessions, tasks
+from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks, outbox, ratelimits, sessions, tasks
 from elevenlabs_agent.stores.ids import ID_PATTERN, is_valid_id
 from tests.conftest import AGENT_ID, Stack, StackFactory
+from tests.helpers import BROWSER_IDENTITY
 from tests.test_logging import Captured
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -288,6 +289,12 @@ def documented_key(key: str) -> bool:
         if key.startswith(prefix):
             inner = key.removeprefix(prefix)
             return inner.startswith("{") and inner.endswith("}") and is_valid_id(inner[1:-1])
+    if key.startswith(ratelimits.KEY_PREFIX):
+        # name:identity, the identity a hash (access.Identity), never a user name or token
+        return (
+            re.fullmatch(r"[a-z-]+:((user|token):[0-9a-f]{16}|none:anonymous)", key.removeprefix(ratelimits.KEY_PREFIX))
+            is not None
+        )
     return key.startswith(locks.KEY_PREFIX) and is_valid_id(key.removeprefix(locks.KEY_PREFIX))
 
 
@@ -302,6 +309,7 @@ def test_documented_key_covers_every_family() -> None:
         "event_streams": outbox.stream_key("c1"),
         "pending_results": outbox.pending_key("c1"),
         "locks": locks.KEY_PREFIX + "purge",
+        "rate_limits": ratelimits.KEY_PREFIX + "signed-url:user:0123456789abcdef",
     }
     assert {f.name for f in KEY_FAMILIES} == set(examples)
     assert all(documented_key(k) for k in examples.values())
@@ -563,7 +571,7 @@ async def test_read_json_answers_any_bytes_with_json_4xx_or_success(
             @_settings(max_examples=FUZZ_EXAMPLES * 4)
             @hypothesis.given(route=st.sampled_from(BODY_ROUTES), raw=RAW_BODIES, content_type=CONTENT_TYPES)
             def one(route: str, raw: bytes, content_type: str | None) -> None:
-                headers = {"X-Webhook-Secret": stack.webhook_secret}
+                headers = {"X-Webhook-Secret": stack.webhook_secret, **BROWSER_IDENTITY}
                 if content_type is not None:
                     headers["Content-Type"] = content_type
                 url = base + route.replace("{cid}", world.conversation_id)
@@ -637,7 +645,7 @@ async def test_hostile_ids_are_400_on_every_route_and_never_reach_redis(
             @hypothesis.given(bad=hostile_ids())
             def one(bad: str) -> None:
                 for method, path, body, query in _id_requests(bad, world):
-                    headers = {"X-Webhook-Secret": stack.webhook_secret}
+                    headers = {"X-Webhook-Secret": stack.webhook_secret, **BROWSER_IDENTITY}
                     response = session.request(
                         method,
                         base + path,

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from elevenlabs_agent import SERVICE_NAME, __version__
+from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, Group, group_of
 from elevenlabs_agent.http.errors import MAX_JSON_DEPTH
 from elevenlabs_agent.services import conversations, tools
 from elevenlabs_agent.stores import ids
@@ -104,8 +105,8 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                             "type": "object",
                             "required": ["status"],
                             "properties": {
-                                "status": {"enum": ["pass", "fail"]},
-                                "observedValue": {"type": ["number", "boolean"]},
+                                "status": {"enum": ["pass", "warn", "fail"]},
+                                "observedValue": {"type": ["number", "boolean", "string"]},
                                 "observedUnit": string,
                                 "time": timestamp,
                             },
@@ -131,12 +132,14 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                         "redisUrl",
                         "hasApiKey",
                         "enabled",
+                        "browserAuth",
                     ],
                     "properties": {
                         "agentId": _nullable(string),
                         "agentUrl": string,
                         "cursorRunnerUrl": string,
                         "webhookSecretConfigured": {"type": "boolean"},
+                        "browserAuth": {"enum": ["proxy", "token", "none"]},
                         "redisUrl": {"enum": ["configured", "embedded"]},
                         "hasApiKey": {"type": "boolean"},
                         "enabled": {"type": "boolean"},
@@ -378,6 +381,12 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                 "pendingResults": {"type": "integer", "minimum": 0},
             },
         },
+        "BrowserSignIn": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {"token": {"type": "string", "minLength": 1, "description": "One of BROWSER_API_TOKENS"}},
+        },
+        "Ok": {"type": "object", "required": ["success"], "properties": {"success": {"const": True}}},
         "EventsAck": {
             "type": "object",
             "required": ["taskIds"],
@@ -402,6 +411,9 @@ def _responses(max_body_bytes: int, max_callback_body_bytes: int) -> dict[str, S
         "BadRequest": f"Malformed JSON, JSON nested deeper than {MAX_JSON_DEPTH} levels, or a value the schema "
         "rejects (including any malformed id)",
         "Unauthorized": "Missing or wrong secret",
+        "BrowserUnauthorized": "No browser identity (BROWSER_AUTH): no identity header from a trusted proxy, "
+        "or a missing or wrong token",
+        "TooManyRequests": "SIGNED_URL_RATE_PER_MINUTE reached for this identity; `Retry-After` says when to retry",
         "Forbidden": "Not allowed for this agent",
         "NotFound": "Unknown conversation, or no such route",
         "MethodNotAllowed": "The route does not take this method",
@@ -516,10 +528,28 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
                     "200": _json(_ref("SignedUrl"), "Signed URL"),
                     "400": _error("BadRequest"),
                     "403": _error("Forbidden"),
+                    "429": _error("TooManyRequests"),
                     "502": _error("BadGateway"),
                     **_COMMON,
                 },
             }
+        },
+        AUTH_PATH: {
+            "post": {
+                "summary": "BROWSER_AUTH=token: exchange a token for an HttpOnly session cookie (for EventSource and "
+                "WebSocket, which cannot send headers)",
+                "requestBody": _body("BrowserSignIn"),
+                "responses": {
+                    "200": _json(_ref("Ok"), "Signed in; the cookie is set"),
+                    **_BODY_ERRORS,
+                    "401": _error("Unauthorized"),
+                    **_COMMON,
+                },
+            },
+            "delete": {
+                "summary": "Sign out: clear the session cookie",
+                "responses": {"200": _json(_ref("Ok"), "Cookie cleared"), "400": _error("BadRequest"), **_COMMON},
+            },
         },
         "/agent-tools": {"post": {**tool_operation, "operationId": "agentTools"}},
         "/agent-tools/{tool_name}": {
@@ -664,6 +694,17 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
     }
 
 
+def _with_browser_auth(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every operation of the browser route group (access.py) declares its policy and its 401."""
+    for path, operations in paths.items():
+        if group_of(path) is not Group.BROWSER:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"browserIdentity": []}, {"browserToken": []}, {"browserCookie": []}]
+            operation["responses"]["401"] = _error("BrowserUnauthorized")
+    return paths
+
+
 @lru_cache(maxsize=8)
 def _document(
     max_body_bytes: int, max_callback_body_bytes: int, max_page: int, max_offset: int, max_ack_ids: int
@@ -677,7 +718,7 @@ def _document(
                 "description": "Runs code work for ElevenLabs voice agents (SPEC §3/§4). Every error is "
                 '`{"success": false, "error": "..."}`; never a 500 for anything a client sent.',
             },
-            "paths": _paths(max_page, max_offset),
+            "paths": _with_browser_auth(_paths(max_page, max_offset)),
             "components": {
                 "schemas": _schemas(max_page, max_ack_ids),
                 "responses": _responses(max_body_bytes, max_callback_body_bytes),
@@ -685,6 +726,15 @@ def _document(
                     "webhookSecret": {"type": "apiKey", "in": "header", "name": "X-Webhook-Secret"},
                     "bearer": {"type": "http", "scheme": "bearer", "description": "WEBHOOK_SECRET as a bearer token"},
                     "cursorRunnerSecret": {"type": "apiKey", "in": "header", "name": "X-Cursor-Runner-Secret"},
+                    "browserIdentity": {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": "X-Forwarded-User",
+                        "description": "BROWSER_AUTH=proxy (default): the identity an authenticating proxy sets "
+                        "(header named by BROWSER_AUTH_HEADER), trusted only from TRUSTED_PROXY_CIDRS",
+                    },
+                    "browserToken": {"type": "http", "scheme": "bearer", "description": "BROWSER_AUTH=token"},
+                    "browserCookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE},
                     "callbackSecret": {
                         "type": "apiKey",
                         "in": "query",

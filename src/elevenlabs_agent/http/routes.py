@@ -93,7 +93,10 @@ async def ready(request: Request) -> Response:
             "service:draining": [{"status": "fail" if rt.draining else "pass", "observedValue": rt.draining}],
             # `warn` never fails readiness: it tells whoever looks that browser routes are open.
             "browser:auth": [
-                {"status": "warn" if rt.settings.browser_auth == "none" else "pass", "mode": rt.settings.browser_auth}
+                {
+                    "status": "warn" if rt.settings.browser_auth == "none" else "pass",
+                    "observedValue": rt.settings.browser_auth,
+                }
             ],
         },
     }

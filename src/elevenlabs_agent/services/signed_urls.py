@@ -30,12 +30,6 @@ class SignedUrlService:
         self.rate_per_minute = rate_per_minute
 
     async def issue(self, agent_id: str | None, identity: str) -> SignedUrl:
-        window = await self.limits.hit(identity)
-        if window.count > self.rate_per_minute:
-            log.warning(events.SIGNED_URL_RATE_LIMITED, count=window.count, retryAfter=window.retry_after)
-            raise RateLimited(
-                f"too many signed URLs: at most {self.rate_per_minute} a minute", retry_after=window.retry_after
-            )
         agent_id = agent_id or self.default_agent_id
         if not agent_id:
             raise InvalidInput("agentId is required (no ELEVENLABS_AGENT_ID is configured)")
@@ -45,6 +39,13 @@ class SignedUrlService:
             raise Forbidden("signed URLs are not issued for this agent", agentId=agent_id)
         if self.client is None:
             raise Unavailable("ElevenLabs is not configured (ELEVENLABS_API_KEY is not set)")
+        # Counted only for requests that would mint a URL: refused input costs the account nothing.
+        window = await self.limits.hit(identity)
+        if window.count > self.rate_per_minute:
+            log.warning(events.SIGNED_URL_RATE_LIMITED, count=window.count, retryAfter=window.retry_after)
+            raise RateLimited(
+                f"too many signed URLs: at most {self.rate_per_minute} a minute", retry_after=window.retry_after
+            )
         try:
             signed = await self.client.signed_url(agent_id)
         except UpstreamError as exc:
