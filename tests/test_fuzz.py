@@ -290,9 +290,9 @@ def documented_key(key: str) -> bool:
             inner = key.removeprefix(prefix)
             return inner.startswith("{") and inner.endswith("}") and is_valid_id(inner[1:-1])
     if key.startswith(ratelimits.KEY_PREFIX):
-        # name:identity, the identity a hash (access.Identity), never a user name or token
+        # the identity is a hash (access.Identity), never a user name or token
         return (
-            re.fullmatch(r"[a-z-]+:((user|token):[0-9a-f]{16}|none:anonymous)", key.removeprefix(ratelimits.KEY_PREFIX))
+            re.fullmatch(r"(user|token):[0-9a-f]{16}|none:anonymous", key.removeprefix(ratelimits.KEY_PREFIX))
             is not None
         )
     return key.startswith(locks.KEY_PREFIX) and is_valid_id(key.removeprefix(locks.KEY_PREFIX))
@@ -309,7 +309,7 @@ def test_documented_key_covers_every_family() -> None:
         "event_streams": outbox.stream_key("c1"),
         "pending_results": outbox.pending_key("c1"),
         "locks": locks.KEY_PREFIX + "purge",
-        "rate_limits": ratelimits.KEY_PREFIX + "signed-url:user:0123456789abcdef",
+        "rate_limits": ratelimits.KEY_PREFIX + "user:0123456789abcdef",
     }
     assert {f.name for f in KEY_FAMILIES} == set(examples)
     assert all(documented_key(k) for k in examples.values())

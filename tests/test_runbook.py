@@ -47,6 +47,7 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.stores import KEY_FAMILIES
+from tests.helpers import BROWSER_IDENTITY
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -375,7 +376,9 @@ async def live_stack(tmp_path: Path) -> AsyncIterator[LiveStack]:
             exits.push_async_callback(stop_serve, process)
             redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
             exits.push_async_callback(redis.aclose)
-            http = await exits.enter_async_context(httpx.AsyncClient(base_url=url, timeout=15))
+            http = await exits.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=15, headers=BROWSER_IDENTITY)
+            )
             stack = LiveStack(
                 url,
                 redis_server.url,

@@ -117,7 +117,7 @@ class Runtime:
                 elevenlabs,
                 s.elevenlabs_agent_id,
                 s.signed_url_agent_ids,
-                RateLimitStore(redis, "signed-url"),
+                RateLimitStore(redis),
                 s.signed_url_rate_per_minute,
             ),
         )

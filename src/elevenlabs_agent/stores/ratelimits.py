@@ -1,4 +1,5 @@
-"""`elevenlabs:ratelimit:{name}:{identity}`: fixed one-minute windows counting one identity's calls.
+"""`elevenlabs:ratelimit:signed-url:{identity}`: fixed one-minute windows counting the signed URLs
+one identity asked for.
 
 Value: the number of calls in the current window (`GET elevenlabs:ratelimit:signed-url:user:3f…`).
 Lifetime: the window (TTL 60 s), set by the first call in it. `identity` is a hash (`access.Identity`),
@@ -11,10 +12,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-KEY_PREFIX = "elevenlabs:ratelimit:"
+KEY_PREFIX = "elevenlabs:ratelimit:signed-url:"
 SCAN_PATTERN = KEY_PREFIX + "*"
 WINDOW_SECONDS = 60
-HOLDS = "calls of one identity in the current minute (e.g. signed-url)"
+HOLDS = "signed URLs one identity asked for in the current minute"
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,12 @@ class Window:
 
 
 class RateLimitStore:
-    def __init__(self, redis: Redis, name: str) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.prefix = f"{KEY_PREFIX}{name}:"
 
     async def hit(self, identity: str) -> Window:
         """Count one call; the window's count so far (this one included) and its time left."""
-        key = self.prefix + identity
+        key = KEY_PREFIX + identity
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, 0, ex=WINDOW_SECONDS, nx=True)
             pipe.incr(key)
