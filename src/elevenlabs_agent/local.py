@@ -22,6 +22,7 @@ import contextlib
 import os
 import secrets
 import shlex
+import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -73,8 +74,6 @@ def webhook_secret(directory: Path) -> tuple[str, bool]:
 
 
 def _port_is_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -98,44 +97,43 @@ def embedded_redis(directory: Path) -> RedisServer:
 
 
 class SimulatedCursorRunner:
-    """The loopback cursor-runner, served from a thread of its own (the service's event loop belongs
-    to uvicorn, and with WORKERS > 1 to other processes)."""
+    """The loopback cursor-runner, served from a thread with its own event loop (the service's loop
+    belongs to uvicorn, and with WORKERS > 1 lives in other processes)."""
 
     def __init__(self) -> None:
         from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
         from elevenlabs_agent.sim.server import LocalServer
 
-        self.runner = FakeCursorRunner(callback_delay=SIMULATOR_CALLBACK_DELAY)
-        self.server = LocalServer(self.runner.app())
+        self.server = LocalServer(FakeCursorRunner(callback_delay=SIMULATOR_CALLBACK_DELAY).app())
         self.url = self.server.url
-        self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="simulated-cursor-runner", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(),), name="simulated-cursor-runner", daemon=True
+        )
 
-    def _run(self) -> None:
-        async def main() -> None:
-            try:
-                await self.server.start()
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                self._ready.set()
-            assert self.server._task is not None
-            await self.server._task
-
-        with contextlib.suppress(Exception):
-            self._loop.run_until_complete(main())
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            await self.server.start()
+        except Exception as exc:
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        await self._stop.wait()
+        await self.server.stop()
 
     def start(self, timeout: float = 10.0) -> None:
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             raise RuntimeError(f"the simulated cursor-runner did not start: {self._error!r}")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.server.server is not None:
-            self.server.server.should_exit = True
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
 
 

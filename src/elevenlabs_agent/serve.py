@@ -108,9 +108,15 @@ class PortInUse(RuntimeError):
 def listen(settings: Settings) -> socket.socket:
     """The listening socket, bound before anything else starts: a second `serve` on a busy port fails
     at once with one clear line, before its embedded Redis, its lifespan or any `service.started`."""
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener = socket.create_server((settings.host, settings.port), backlog=2048)
+        listener.bind((settings.host, settings.port))
+        listener.listen(2048)
     except OSError as exc:
+        listener.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(
                 f"port {settings.port} on {settings.host} is in use (another serve?): stop it or set PORT"
