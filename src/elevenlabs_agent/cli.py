@@ -176,7 +176,7 @@ def serve(local: bool, worker_fd: int | None, supervisor_pid: int | None) -> Non
         listener = listen(_settings())
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
-    with local_environment(say=lambda text: click.echo(text, err=True)):
+    with local_environment(say=lambda text: click.echo(text, err=True), terminal=sys.stderr.isatty()):
         run(_settings(), listener=listener)
 
 

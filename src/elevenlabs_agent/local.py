@@ -155,9 +155,10 @@ def apply_defaults() -> None:
 
 
 @contextlib.contextmanager
-def local_environment(say: Callable[[str], Any]) -> Iterator[None]:
+def local_environment(say: Callable[[str], Any], terminal: bool) -> Iterator[None]:
     """Fill the environment for local mode (see the module docstring) for the lifetime of `serve`.
-    `say` prints to the terminal, never to the logs."""
+    `say` writes to stderr, never to the logs; a generated secret is shown there only when it is a
+    `terminal` (not a file or a CI log that keeps it)."""
     env = os.environ
     directory = state_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ def local_environment(say: Callable[[str], Any]) -> Iterator[None]:
             env["WEBHOOK_SECRET"] = secret
             where = directory.resolve() / SECRET_FILE
             secret_expr = f"$(cat {shlex.quote(str(where))})"
-            if generated:
+            if generated and terminal:
                 lines.append(f"  webhook secret generated, shown this once: {secret}")
             lines.append(f"  webhook secret in {where} (mode 0600; send it as X-Webhook-Secret)")
         if not env.get("CURSOR_RUNNER_URL"):
