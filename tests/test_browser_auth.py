@@ -231,11 +231,14 @@ async def test_no_credential_reaches_the_logs(make_stack: StackFactory, capsys: 
         assert secret not in output
 
 
-async def test_metrics_port_serves_metrics_and_probes_apart(tmp_path: Path, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_metrics_port_serves_metrics_and_probes_apart(
+    tmp_path: Path, redis_server: RedisServer, workers: str
+) -> None:
     if not redis_server.running:
         redis_server.start()
     metrics_port = free_port()
-    service = ServeProcess(tmp_path, REDIS_URL=redis_server.url, METRICS_PORT=str(metrics_port))
+    service = ServeProcess(tmp_path, REDIS_URL=redis_server.url, METRICS_PORT=str(metrics_port), WORKERS=workers)
     await service.start(path="/ready")
     try:
         async with httpx.AsyncClient(timeout=5) as client:

@@ -16,6 +16,7 @@ import pytest
 
 from elevenlabs_agent import events
 from elevenlabs_agent.redis_server import RedisServer
+from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcess, ServeProcesses
 from tests.test_metrics import promtool, value
 
@@ -75,7 +76,9 @@ def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses, re
     start_all(service)
     assert len(workers_of(service)) == 2
     # A new connection per request, so the kernel spreads them over both workers' accept calls.
-    with httpx.Client(base_url=service.url, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+    with httpx.Client(
+        base_url=service.url, headers=BROWSER_IDENTITY, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as client:
         for _ in range(60):
             assert client.get("/config").status_code == 200
         text = client.get("/metrics").text

@@ -31,8 +31,9 @@ RESTART_DELAY_SECONDS = 1.0
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, redis_url: str) -> None:
+    def __init__(self, settings: Settings, redis_url: str, listener: socket.socket) -> None:
         self.settings = settings
+        self.listener = listener
         self.redis_url = redis_url
         self.stopping = False
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
@@ -40,8 +41,7 @@ class Supervisor:
 
     def run(self) -> None:
         s = self.settings
-        listener = socket.create_server((s.host, s.port), backlog=2048)
-        listener.set_inheritable(True)
+        listener = self.listener
         # METRICS_PORT: a second shared socket; whichever worker accepts shows every worker's metrics.
         if s.metrics_port is not None:
             self.metrics_listener = socket.create_server((s.host, s.metrics_port), backlog=128)
