@@ -21,12 +21,14 @@ import redis.asyncio as aioredis
 
 from elevenlabs_agent.redis_server import RedisServer
 from tests.browser_harness import BROWSER_DIR, BrowserStack, browser_stack, percentile, sdk_version
+from tests.conftest import StackFactory
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 async def stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[BrowserStack]:
+    """Here `stack` is the browser stack (conftest's in-process `stack` is not used in this module)."""
     async with browser_stack(tmp_path, redis_server.url) as stack:
         yield stack
         await assert_clean(stack)
@@ -64,6 +66,20 @@ async def test_relay_module_is_served_for_browsers(stack: BrowserStack) -> None:
     assert "export declare function startRelay" in types.text and types.headers["etag"] != js.headers["etag"]
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == js.headers["etag"]
     assert "access-control-allow-origin" not in other.headers  # CORS like the API: listed origins only
+
+
+async def test_relay_module_is_served_with_the_feature_flag_off(make_stack: StackFactory) -> None:
+    """A page importing relay.js must load even while the service is disabled (its relay retries)."""
+    stack = await make_stack(elevenlabs_agent_enabled=False)
+    js = await stack.http.get("/agent-conversations/relay.js")
+    assert js.status_code == 200 and "export function startRelay" in js.text
+    weak = await stack.http.get(
+        "/agent-conversations/relay.js", headers={"If-None-Match": f'"x", W/{js.headers["etag"]}'}
+    )
+    assert weak.status_code == 304
+    head = await stack.http.head("/agent-conversations/relay.d.ts")
+    assert head.status_code == 200 and head.headers["etag"] and head.content == b""
+    assert (await stack.http.get("/agent-conversations/api/list")).status_code == 503
 
 
 def test_relay_types_fit_the_sdk() -> None:
@@ -185,6 +201,37 @@ async def test_relay_resumes_after_a_service_restart(stack: BrowserStack) -> Non
     resumed = [r for r in stack.service.records() if r.get("event") == "sse.connected"]
     assert resumed and all(r["resume"] for r in resumed), resumed  # with Last-Event-ID
     assert await page.evaluate("window.relayTest.disconnects") == []  # the SDK session lived on
+
+
+async def test_relay_reopens_its_stream_after_a_redis_outage(stack: BrowserStack, redis_server: RedisServer) -> None:
+    """While Redis is down the service answers the stream's reconnection with 503, and EventSource gives
+    up for good on an HTTP error: relay.js opens a new stream (with backoff, resuming from its last
+    event id) until Redis is back, and the next result arrives once."""
+    conversation_id = await stack.create_conversation()
+    page = await stack.open_page(conversation_id)
+    eleven_id = await stack.eleven_id(page)
+    before = await stack.tool_call(eleven_id, "Before the outage")
+    await stack.callback(before)
+    await stack.wait_update(eleven_id, before.task_id)
+    await wait_acknowledged(stack, conversation_id)
+    streams: list[int] = []
+    page.on(
+        "response", lambda r: streams.append(r.status) if "/events?" in r.url or r.url.endswith("/events") else None
+    )
+
+    redis_server.stop()
+    async with asyncio.timeout(20):  # the stream ends, EventSource reconnects and is refused
+        while 503 not in streams:
+            await asyncio.sleep(0.05)
+    redis_server.start()
+    after = await stack.tool_call(eleven_id, "After the outage")
+    await stack.callback(after)
+    await stack.wait_update(eleven_id, after.task_id, timeout=40)
+    await wait_acknowledged(stack, conversation_id)
+    assert streams[-1] == 200, streams
+    assert len(stack.all_updates_for(before.task_id)) == len(stack.all_updates_for(after.task_id)) == 1
+    reopened = [r for r in stack.service.records() if r.get("event") == "sse.connected"][-1]
+    assert reopened["resume"] is True  # ?lastEventId= on the new EventSource
 
 
 async def test_failed_acknowledgements_are_retried(

@@ -114,7 +114,6 @@ class FakeElevenLabs:
     require_initiation: bool = False
     initiation_timeout: float = 10.0
     ping_interval: float | None = None
-    first_message: str | None = None
     audio_format: str = "pcm_16000"
     conversations: dict[str, SimConversation] = field(default_factory=dict)
     conversation_opens: int = 0
@@ -187,8 +186,6 @@ class FakeElevenLabs:
                     },
                 }
             )
-            if self.first_message:
-                await send(self._agent_response(conversation, self.first_message))
             if self.ping_interval:
                 pinger = asyncio.create_task(self._ping(conversation, send, self.ping_interval))
             while True:
