@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ async def run(results: int, concurrency: int, speak: bool) -> dict[str, object]:
                         "max": round(max(latencies), 2),
                     },
                     "machine": machine(),
+                    "load_average_1m": round(os.getloadavg()[0], 2),  # the 2 cores may be shared
                 }
         finally:
             redis.stop()
