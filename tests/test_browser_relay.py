@@ -1,6 +1,7 @@
 """relay.js in a real browser with the official ElevenLabs SDK (`@elevenlabs/client`, pinned in
 tests/browser/package-lock.json): results reach the voice conversation once, through reloads, closed
-pages, a service restart and failing acknowledgements. The stack is in tests/browser_harness.py.
+pages, a service restart, a Redis outage and failing acknowledgements; the relay stops when the
+conversation ends. The stack is in tests/browser_harness.py.
 
 Each test is bounded (well under a minute) and loopback-only. "Not forwarded again" is checked after
 the relay has demonstrably caught up: a later result arrives, and the earlier one still has one
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from elevenlabs_agent import __version__
 from elevenlabs_agent.redis_server import RedisServer
 from tests.browser_harness import BROWSER_DIR, BrowserStack, browser_stack, percentile, sdk_version
 from tests.conftest import StackFactory
@@ -60,7 +62,7 @@ async def test_relay_module_is_served_for_browsers(stack: BrowserStack) -> None:
     code = [line for line in js.text.splitlines() if not line.lstrip().startswith("//")]
     assert not [line for line in code if "import" in line or "require(" in line]  # no dependencies
     assert js.headers["access-control-allow-origin"] == stack.page_origin
-    assert js.headers["cache-control"] == "public, max-age=300" and js.headers["etag"].startswith('"0.1.0-')
+    assert js.headers["cache-control"] == "public, max-age=300" and js.headers["etag"].startswith(f'"{__version__}-')
     assert js.headers["x-content-type-options"] == "nosniff"
     assert types.status_code == 200 and types.headers["content-type"].startswith("application/typescript")
     assert "export declare function startRelay" in types.text and types.headers["etag"] != js.headers["etag"]
