@@ -28,6 +28,8 @@ EXPECTED_GROUPS = {
     "/metrics": Group.METRICS,
     "/openapi.json": Group.PUBLIC,
     AUTH_PATH: Group.PUBLIC,
+    "/agent-conversations/relay.js": Group.PUBLIC,
+    "/agent-conversations/relay.d.ts": Group.PUBLIC,
     "/agent-tools": Group.WEBHOOKS,
     "/agent-tools/{tool_name}": Group.WEBHOOKS,
     "/callback": Group.WEBHOOKS,

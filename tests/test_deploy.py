@@ -55,7 +55,7 @@ def promtool() -> str:
     local = REPO / ".tools" / "bin" / "promtool"
     if local.is_file():
         return str(local)
-    pytest.fail("promtool not found on PATH nor at .tools/bin/promtool: run scripts/bootstrap to install it")
+    pytest.fail("promtool not found on PATH nor at .tools/bin/promtool: run scripts/bootstrap --test to install it")
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

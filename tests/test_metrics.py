@@ -18,7 +18,7 @@ from tests.conftest import Stack, StackFactory, eventually
 
 def promtool(repo_root: Path) -> str:
     found = shutil.which("promtool") or str(repo_root / ".tools/bin/promtool")
-    assert Path(found).exists(), "promtool missing: scripts/bootstrap installs it"
+    assert Path(found).exists(), "promtool missing: scripts/bootstrap --test installs it"
     return found
 
 

@@ -18,8 +18,19 @@ from elevenlabs_agent.logging import get_logger
 
 log = get_logger()
 
-# Operational routes keep working when the feature flag is off.
-ALWAYS_ON = frozenset({"/health", "/ready", "/metrics", "/config", "/config/health"})
+# Operational routes keep working when the feature flag is off, and so does the relay module: a page
+# that imports it must still load (its relay then waits, retrying, for the service to be enabled).
+ALWAYS_ON = frozenset(
+    {
+        "/health",
+        "/ready",
+        "/metrics",
+        "/config",
+        "/config/health",
+        "/agent-conversations/relay.js",
+        "/agent-conversations/relay.d.ts",
+    }
+)
 
 
 class EdgeMiddleware:

@@ -442,6 +442,13 @@ def _conversation_id() -> Schema:
     return {"name": "conversation_id", "in": "path", "required": True, "schema": _ref("ConversationId")}
 
 
+def _web_asset_headers() -> dict[str, Schema]:
+    return {
+        "ETag": {"required": True, "schema": {"type": "string"}},
+        "Cache-Control": {"required": True, "schema": {"type": "string"}},
+    }
+
+
 def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
     tool_operation = {
         "summary": "ElevenLabs server-tool webhook (SPEC §4)",
@@ -573,6 +580,37 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
                     "413": _error("CallbackTooLarge"),
                     "401": _error("Unauthorized"),
                     **_COMMON,
+                },
+            }
+        },
+        "/agent-conversations/relay.js": {
+            "get": {
+                "summary": "The browser half of the relay channel (SPEC §5.4): a dependency-free ES module",
+                "description": "`startRelay({baseUrl, conversationId, conversation, speak, onResult})` forwards each "
+                "result of the conversation's event stream into the live ElevenLabs session "
+                "(`sendContextualUpdate`), then acknowledges it. Served with the feature flag off too (a page "
+                "importing it must still load). Cached 5 minutes (`Cache-Control`), then revalidated with the "
+                "`ETag` (service version and content hash): `If-None-Match` with it answers 304.",
+                "responses": {
+                    "200": {
+                        "description": "The module (`text/javascript; charset=utf-8`)",
+                        "headers": _web_asset_headers(),
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "Not modified (`If-None-Match` named the current ETag)"},
+                },
+            }
+        },
+        "/agent-conversations/relay.d.ts": {
+            "get": {
+                "summary": "TypeScript declarations of relay.js",
+                "responses": {
+                    "200": {
+                        "description": "The declarations (`application/typescript; charset=utf-8`)",
+                        "headers": _web_asset_headers(),
+                        "content": {"application/typescript": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "Not modified (`If-None-Match` named the current ETag)"},
                 },
             }
         },

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -352,6 +355,60 @@ async def events_stream(request: Request) -> Response:
     )
 
 
+# --- the browser half of the relay (SPEC §5.4) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebAsset:
+    """A file of `elevenlabs_agent/web/` (package data), served as is: no build step, no data in it."""
+
+    body: bytes
+    media_type: str
+    etag: str
+    headers: dict[str, str]
+
+
+# Cached for 5 minutes, then revalidated by ETag: a deploy reaches every page within that time.
+WEB_ASSET_CACHE_CONTROL = "public, max-age=300"
+
+
+def _web_asset(name: str, media_type: str, **headers: str) -> WebAsset:
+    body = (resources.files("elevenlabs_agent") / "web" / name).read_bytes()
+    etag = f'"{__version__}-{hashlib.sha256(body).hexdigest()[:16]}"'
+    return WebAsset(body, media_type, etag, headers)
+
+
+WEB_ASSETS = {
+    "/agent-conversations/relay.js": _web_asset(
+        "relay.js", "text/javascript; charset=utf-8", **{"X-TypeScript-Types": "./relay.d.ts"}
+    ),
+    "/agent-conversations/relay.d.ts": _web_asset("relay.d.ts", "application/typescript; charset=utf-8"),
+}
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def _serve_web_asset(asset: WebAsset) -> Callable[[Request], Awaitable[Response]]:
+    headers = {
+        "ETag": asset.etag,
+        "Cache-Control": WEB_ASSET_CACHE_CONTROL,
+        "X-Content-Type-Options": "nosniff",
+        **asset.headers,
+    }
+
+    async def endpoint(request: Request) -> Response:
+        if _etag_matches(request.headers.get("if-none-match"), asset.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+    return endpoint
+
+
 METRICS_ROUTES = [
     Route("/health", health),
     Route("/ready", ready),
@@ -366,6 +423,7 @@ ROUTES = [
     Route("/agent-tools", agent_tools, methods=["POST"]),
     Route("/agent-tools/{tool_name}", agent_tools, methods=["POST"]),
     Route("/callback", callback, methods=["POST"]),
+    *(Route(path, _serve_web_asset(asset), methods=["GET"]) for path, asset in WEB_ASSETS.items()),
     Route(AUTH_PATH, login, methods=["POST", "DELETE"]),
     Route("/agent-conversations/api/list", list_conversations),
     Route("/agent-conversations/api/new", new_conversation, methods=["POST"]),
