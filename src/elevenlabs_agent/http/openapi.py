@@ -61,7 +61,7 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
             "(starting with a letter or digit). Anything else is a 400.",
         },
         "ConversationId": {
-            "description": "An Id other than the route names `list` and `new` (no conversation can have them).",
+            "description": "An Id other than the route names `list`, `new` and `ws` (no conversation can have them).",
             "allOf": [_ref("Id"), {"not": {"enum": sorted(conversations.RESERVED_CONVERSATION_IDS)}}],
         },
         "Error": {
@@ -146,12 +146,25 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
         },
         "ConfigHealth": {
             "type": "object",
-            "required": ["service", "status", "dependencies", "timestamp"],
+            "required": ["service", "status", "dependencies", "checks", "timestamp"],
             "properties": {
                 "service": {"const": SERVICE_NAME},
                 "status": {"enum": ["ok", "degraded"]},
                 "dependencies": {
                     "type": "object",
+                    "description": "Plain strings: the web front end renders them as text (SPEC §3.1).",
+                    "required": ["redis", "cursorRunner"],
+                    "properties": {
+                        "redis": {"enum": ["connected", "disconnected"]},
+                        "cursorRunner": {
+                            "enum": ["connected", "unhealthy", "disconnected"],
+                            "description": "GET /health of cursor-runner: 2xx, another HTTP answer, no answer.",
+                        },
+                    },
+                },
+                "checks": {
+                    "type": "object",
+                    "description": "Per-check detail.",
                     "required": ["redis", "cursorRunner"],
                     "properties": {
                         "redis": {
@@ -165,7 +178,10 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                         "cursorRunner": {
                             "type": "object",
                             "required": ["status", "detail"],
-                            "properties": {"status": {"enum": ["reachable", "unreachable"]}, "detail": string},
+                            "properties": {
+                                "status": {"enum": ["connected", "unhealthy", "disconnected"]},
+                                "detail": string,
+                            },
                         },
                     },
                 },
@@ -288,10 +304,21 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
         },
         "ConversationList": {
             "type": "object",
-            "required": ["success", "conversations", "total", "offset", "limit"],
+            "required": ["success", "conversations", "pagination", "total", "offset", "limit"],
             "properties": {
                 "success": {"const": True},
                 "conversations": {"type": "array", "maxItems": max_page, "items": _ref("AgentConversation")},
+                "pagination": {
+                    "type": "object",
+                    "description": "What the web front end reads (SPEC §3.1); total/offset/limit repeat it.",
+                    "required": ["total", "limit", "offset", "hasMore"],
+                    "properties": {
+                        "total": {"type": "integer", "minimum": 0},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": max_page},
+                        "offset": {"type": "integer", "minimum": 0},
+                        "hasMore": {"type": "boolean"},
+                    },
+                },
                 "total": {"type": "integer", "minimum": 0},
                 "offset": {"type": "integer", "minimum": 0},
                 "limit": {"type": "integer", "minimum": 1, "maximum": max_page},
@@ -548,8 +575,22 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
         },
         "/agent-conversations/api/list": {
             "get": {
-                "summary": "Conversations, newest first",
+                "summary": "Conversations in the order asked for (newest first by default)",
+                "description": "Each order is a range read of a Redis sorted set. Ties in messageCount are in "
+                "conversation id order.",
                 "parameters": [
+                    {
+                        "name": "sortBy",
+                        "in": "query",
+                        "description": "Empty or absent: createdAt. Anything else is a 400 naming the allowed values.",
+                        "schema": {"enum": ["", *conversations.SORT_BY], "default": "createdAt"},
+                    },
+                    {
+                        "name": "sortOrder",
+                        "in": "query",
+                        "description": "Empty or absent: desc.",
+                        "schema": {"enum": ["", *conversations.SORT_ORDERS], "default": "desc"},
+                    },
                     {
                         "name": "limit",
                         "in": "query",
