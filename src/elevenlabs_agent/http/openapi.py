@@ -324,6 +324,33 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                 "limit": {"type": "integer", "minimum": 1, "maximum": max_page},
             },
         },
+        "LiveSnapshot": {
+            "type": "object",
+            "description": "WebSocket text frame sent right after connecting.",
+            "required": ["type", "conversationId", "conversation"],
+            "properties": {
+                "type": {"const": "agent_conversation.snapshot"},
+                "conversationId": string,
+                "conversation": _ref("AgentConversation"),
+            },
+        },
+        "LiveUpdate": {
+            "type": "object",
+            "description": "WebSocket text frame sent on every change of the conversation.",
+            "required": ["type", "conversationId", "conversation"],
+            "properties": {
+                "type": {"const": "agent_conversation.updated"},
+                "conversationId": string,
+                "conversation": _ref("AgentConversation"),
+                "reason": {"enum": ["created", "message", "tool_call", "tool_result", "delivered", "resync"]},
+            },
+        },
+        "LiveError": {
+            "type": "object",
+            "description": "WebSocket text frame for an unknown or malformed conversation id.",
+            "required": ["type", "error", "conversationId"],
+            "properties": {"type": {"const": "error"}, "error": string, "conversationId": string},
+        },
         "NewConversation": {
             "type": "object",
             "properties": {
@@ -436,6 +463,7 @@ def _responses(max_body_bytes: int, max_callback_body_bytes: int) -> dict[str, S
         "PayloadTooLarge": f"Body larger than MAX_BODY_BYTES ({max_body_bytes} bytes here)",
         "CallbackTooLarge": f"Body larger than MAX_CALLBACK_BODY_BYTES ({max_callback_body_bytes} bytes here)",
         "UnsupportedMediaType": "Content-Type is not application/json (or */*+json)",
+        "UpgradeRequired": "A WebSocket endpoint called without the WebSocket handshake",
         "BadGateway": "ElevenLabs answered badly",
         "Unavailable": "Disabled (ELEVENLABS_AGENT_ENABLED=false), not configured, or a dependency (Redis, "
         "ElevenLabs) is down; `message` is speakable",
@@ -605,6 +633,27 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
                 "responses": {
                     "200": _json(_ref("ConversationList"), "A page of conversations"),
                     "400": _error("BadRequest"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/agent-conversations/api/ws": {
+            "get": {
+                "summary": "Live conversation updates over a WebSocket (SPEC §3.1)",
+                "description": "A WebSocket handshake (`Upgrade: websocket`). Text frames, JSON: "
+                "`LiveSnapshot` right after connecting, then `LiveUpdate` (the whole conversation) on every "
+                "change made by any instance (client message, pending tool call, tool result, delivery), "
+                "`LiveError` for an unknown or malformed conversation id (then close 4404 or 1008; 1013 when "
+                "Redis is unavailable). The server pings every WS_PING_INTERVAL_SECONDS and drops a peer that "
+                'does not answer within WS_PING_TIMEOUT_SECONDS; a text frame `{"type":"ping"}` is '
+                'answered `{"type":"pong"}`. A draining instance closes with 1001 (reconnect). A browser '
+                "Origin must be in CORS_ALLOW_ORIGINS or the page's own origin, else the handshake is a 403.",
+                "parameters": [
+                    {"name": "conversationId", "in": "query", "required": True, "schema": _ref("ConversationId")}
+                ],
+                "responses": {
+                    "101": {"description": "Switching protocols: frames as described above"},
+                    "426": _error("UpgradeRequired"),
                     **_COMMON,
                 },
             }
