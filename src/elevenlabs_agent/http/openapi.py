@@ -653,6 +653,7 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
                 ],
                 "responses": {
                     "101": {"description": "Switching protocols: frames as described above"},
+                    "400": _error("BadRequest"),
                     "426": _error("UpgradeRequired"),
                     **_COMMON,
                 },

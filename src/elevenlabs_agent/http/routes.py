@@ -25,7 +25,7 @@ from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.services import live, speech
 from elevenlabs_agent.services.callbacks import CallbackBody
-from elevenlabs_agent.services.conversations import require_id
+from elevenlabs_agent.services.conversations import RESERVED_CONVERSATION_IDS, require_id
 from elevenlabs_agent.services.errors import InvalidInput, NotFound, Unauthorized, Unavailable, UpgradeRequired
 from elevenlabs_agent.services.tools import ToolCall
 from elevenlabs_agent.stores.ids import is_valid_id
@@ -398,6 +398,9 @@ async def _refuse(websocket: WebSocket, conversation_id: str, error: str, code: 
 
 
 async def websocket_needs_upgrade(request: Request) -> Response:
+    conversation_id = require_id(request.query_params.get("conversationId", ""), "conversationId")
+    if conversation_id in RESERVED_CONVERSATION_IDS:
+        raise InvalidInput(f"conversationId {conversation_id!r} is reserved")
     raise UpgradeRequired("this endpoint is a WebSocket: connect with an Upgrade: websocket handshake")
 
 
