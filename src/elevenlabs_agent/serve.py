@@ -142,6 +142,9 @@ def _serve(
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         # Clients only send small keep-alives; a larger frame is refused (close 1009).
         ws_max_size=65_536,
+        # permessage-deflate keeps a zlib compressor and decompressor per socket (about 45 KiB, most
+        # of an idle socket's cost, bench/live_updates.py); updates are small and sent rarely.
+        ws_per_message_deflate=False,
     )
     server = DrainingServer(
         config,

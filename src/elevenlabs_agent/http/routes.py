@@ -362,15 +362,14 @@ async def conversation_updates(websocket: WebSocket) -> None:
 
 
 async def _pump(websocket: WebSocket, subscriber: live.Subscriber) -> None:
-    """Send queued frames until the client goes away or the instance drains. One coroutine per
-    socket; an idle socket waits on its queue and on the client at once, costing no Redis traffic."""
+    """Send queued frames until the client goes away or the instance drains. An idle socket is this
+    coroutine waiting on two futures (the client, its mailbox): no Redis traffic, no other task."""
     receiving = asyncio.ensure_future(websocket.receive())
     try:
         while True:
-            next_frame = asyncio.ensure_future(subscriber.queue.get())
-            done, _ = await asyncio.wait({receiving, next_frame}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving in done:
-                next_frame.cancel()
+            waiting: set[asyncio.Future[Any]] = {receiving, subscriber.ready()}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done():
                 message = receiving.result()
                 if message["type"] == "websocket.disconnect":
                     log.info(events.WS_DISCONNECTED, code=message.get("code"))
@@ -378,14 +377,13 @@ async def _pump(websocket: WebSocket, subscriber: live.Subscriber) -> None:
                 if message.get("text") == '{"type":"ping"}':
                     await websocket.send_text('{"type":"pong"}')
                 receiving = asyncio.ensure_future(websocket.receive())
-                if next_frame not in done:
-                    continue
-            text = next_frame.result()
-            if text is None:
-                log.info(events.WS_CLOSING_FOR_DRAIN)
-                await websocket.close(WS_GOING_AWAY)
-                return
-            await websocket.send_text(text)
+            while subscriber.frames:
+                text = subscriber.frames.pop(0)
+                if text is None:
+                    log.info(events.WS_CLOSING_FOR_DRAIN)
+                    await websocket.close(WS_GOING_AWAY)
+                    return
+                await websocket.send_text(text)
     except (WebSocketDisconnect, RuntimeError, OSError):
         log.info(events.WS_DISCONNECTED)
     finally:

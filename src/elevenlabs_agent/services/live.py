@@ -48,22 +48,33 @@ def conversation_frame(kind: str, conversation: Conversation, reason: str | None
 
 
 class Subscriber:
-    """One socket's mailbox: frames to send, newest last; `closing` once the socket must close."""
+    """One socket's mailbox: frames to send, oldest first (None: close). A list and, only while the
+    socket waits, a future: an idle socket holds no queue, task or buffer of its own here."""
 
-    __slots__ = ("closing", "conversation_id", "queue")
+    __slots__ = ("_waiter", "closing", "conversation_id", "frames")
 
     def __init__(self, conversation_id: str) -> None:
         self.conversation_id = conversation_id
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_FRAMES)
+        self.frames: list[str | None] = []
         self.closing = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, text: str | None) -> None:
-        """Queue a frame (None: close). Never blocks the fan-out: a full mailbox loses its oldest frame,
-        which the newer one supersedes (every frame carries the whole conversation)."""
-        if self.queue.full():
-            self.queue.get_nowait()
+        """Queue a frame. Never blocks the fan-out: a full mailbox loses its oldest frame, which the
+        newer one supersedes (every frame carries the whole conversation)."""
+        if len(self.frames) >= QUEUE_FRAMES:
+            del self.frames[0]
             metrics.WEBSOCKET_FRAMES_DROPPED.inc()
-        self.queue.put_nowait(text)
+        self.frames.append(text)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def ready(self) -> asyncio.Future[None]:
+        """A future done once a frame is queued (at once if one is)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        if self.frames:
+            self._waiter.set_result(None)
+        return self._waiter
 
 
 class LiveUpdates:
