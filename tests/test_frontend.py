@@ -33,16 +33,20 @@ def ws_url(stack: Stack, conversation_id: str) -> str:
     return f"{stack.service.ws_url}{API}/ws?conversationId={conversation_id}"
 
 
-async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
-    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
+async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT, *, skip_resync: bool = True) -> dict[str, Any]:
+    """The next frame; a `resync` (sent when the instance's Pub/Sub subscription was established after
+    this socket subscribed, e.g. right after startup) is skipped unless asked for."""
+    while True:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if not (skip_resync and frame.get("reason") == "resync"):
+            return frame
 
 
 async def frame_where(ws: Any, check: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
     """The first frame `check` accepts (earlier ones, e.g. an update for a previous step, are skipped)."""
     async with asyncio.timeout(timeout):
         while True:
-            frame = await next_frame(ws, timeout)
+            frame = await next_frame(ws, timeout, skip_resync=False)
             if check(frame):
                 return frame
 

@@ -56,9 +56,13 @@ def ws_url(service: ServeProcess, conversation_id: str) -> str:
     return f"ws://127.0.0.1:{service.port}{API}/ws?conversationId={conversation_id}"
 
 
-async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
-    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
+async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT, *, skip_resync: bool = True) -> dict[str, Any]:
+    """The next frame; a `resync` (sent when the instance's Pub/Sub subscription was established after
+    this socket subscribed, e.g. right after startup) is skipped unless asked for."""
+    while True:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if not (skip_resync and frame.get("reason") == "resync"):
+            return frame
 
 
 async def metric(service: ServeProcess, name: str) -> float:

@@ -139,20 +139,24 @@ class LiveUpdates:
     async def _listen(self) -> None:
         attempt = 0
         while True:
-            pubsub = self.pubsub_redis.pubsub()
+            pubsub = None
             try:
+                # A cluster client learns its slot map on its first command; its Pub/Sub needs it.
+                await self.pubsub_redis.ping()
+                pubsub = self.pubsub_redis.pubsub()
                 await pubsub.subscribe(UPDATES_CHANNEL)
                 async for message in pubsub.listen():
                     attempt = 0
                     self._on_message(message)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # whatever broke, this loop must outlive it and resubscribe
                 self.subscribed.clear()
                 log.warning(events.LIVE_SUBSCRIPTION_LOST, error=type(exc).__name__, sockets=self.count)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
 
