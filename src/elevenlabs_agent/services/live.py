@@ -85,7 +85,7 @@ class LiveUpdates:
         self._dirty: dict[str, str] = {}  # conversation id -> reason of its latest unsent change
         self._reading: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()  # set while the channel subscription is live
+        self._closing = False
 
     @property
     def count(self) -> int:
@@ -106,7 +106,8 @@ class LiveUpdates:
 
     async def close_all(self, timeout: float) -> None:
         """Ask every socket to close (code 1001: browsers reconnect elsewhere) and wait, at most
-        `timeout`, until they have."""
+        `timeout`, until they have. A socket that connects after this is closed the same way."""
+        self._closing = True
         for subscribers in self._subscribers.values():
             for subscriber in subscribers:
                 subscriber.closing = True
@@ -123,6 +124,9 @@ class LiveUpdates:
         subscriber = Subscriber(conversation_id)
         self._subscribers.setdefault(conversation_id, set()).add(subscriber)
         metrics.WEBSOCKET_SUBSCRIBERS.inc()
+        if self._closing:
+            subscriber.closing = True
+            subscriber.offer(None)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -151,7 +155,6 @@ class LiveUpdates:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever broke, this loop must outlive it and resubscribe
-                self.subscribed.clear()
                 log.warning(events.LIVE_SUBSCRIPTION_LOST, error=type(exc).__name__, sockets=self.count)
             finally:
                 if pubsub is not None:
@@ -164,7 +167,6 @@ class LiveUpdates:
         if message["type"] == "subscribe":
             # The first subscription, or redis-py's re-subscription after a reconnect: anything
             # published while we were not subscribed is lost, so every local conversation is re-read.
-            self.subscribed.set()
             for conversation_id in list(self._subscribers):
                 self._changed(conversation_id, "resync")
             return
