@@ -30,10 +30,10 @@ import orjson
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_results  # noqa: E402
-from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
-from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret  # noqa: E402
-from elevenlabs_agent.sim.server import LocalServer  # noqa: E402
+from bench.common import machine, write_results
+from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
+from elevenlabs_agent.sim.server import LocalServer
 
 API = "/agent-conversations/api"
 SECRET = "bench-webhook-secret-0123456789"
@@ -67,7 +67,13 @@ async def start_serve(redis_url: str, runner_url: str, log: Path) -> tuple[async
         "LOG_LEVEL": "warning",
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "elevenlabs_agent", "serve", env=env, stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        "-m",
+        "elevenlabs_agent",
+        "serve",
+        env=env,
+        stdout=log.open("wb"),
+        stderr=asyncio.subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(timeout=2) as client:
