@@ -362,3 +362,29 @@ def test_every_event_is_used_somewhere_in_src() -> None:
     sources = "\n".join(p.read_text() for p in SRC.rglob("*.py") if p.name != "events.py")
     unused = sorted(name for name in constants if not re.search(rf"\bevents\.{name}\b", sources))
     assert not unused, f"event names defined but never logged: {unused}"
+
+
+def test_console_format_keeps_event_names_and_redacts_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    """LOG_FORMAT=console (what a terminal gets with auto): human lines, same event names, same redaction."""
+    secret = "console-secret-" + "x" * 20
+    agent_logging.configure("info", [secret], "console")
+    agent_logging.get_logger().info(
+        events.WEBHOOK_RECEIVED, toolName="code_task", note=f"carries {secret}", callbackUrl="http://h/cb?secret=s3"
+    )
+    out = capsys.readouterr().out
+    assert events.WEBHOOK_RECEIVED in out and "toolName" in out and not out.lstrip().startswith("{")
+    assert secret not in out and "s3" not in out and REDACTED in out
+
+
+def test_auto_format_follows_the_terminal() -> None:
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    assert agent_logging.wants_console("auto", Stream(True))
+    assert not agent_logging.wants_console("auto", Stream(False))
+    assert not agent_logging.wants_console("json", Stream(True))
+    assert agent_logging.wants_console("console", Stream(False))

@@ -589,15 +589,16 @@ def test_tasks_purge_again_is_harmless(url: str, store: redis_sync.Redis, tmp_pa
     assert len(read_backup(tmp_path / "one.jsonl")) == 2  # the first backup is intact
 
 
-def test_tasks_purge_yes_without_backup_writes_a_default_file_in_the_cwd(
+def test_tasks_purge_yes_without_backup_writes_a_default_file_under_the_state_dir(
     url: str, store: redis_sync.Redis, tmp_path: Path
 ) -> None:
     keys = seed_mixed(store)
     out = ok(run_cli("tasks", "purge", "--older-than", "24h", "--yes", redis_url=url, cwd=tmp_path))
-    files = list(tmp_path.glob("*.jsonl"))
+    files = list(tmp_path.rglob("*.jsonl"))
     assert len(files) == 1, files
+    assert files[0].parent == tmp_path / ".elevenlabs-agent" / "backups"  # ignored by git, not the cwd
     assert re.fullmatch(r"elevenlabs-agent-backup-tasks-\d{8}T\d{6}Z\.jsonl", files[0].name), files[0].name
-    assert files[0].name in out
+    assert str(files[0].relative_to(tmp_path)) in out
     deleted = {keys["stuck1"], keys["stuck2"], keys["old_done"], keys["old_failed"]}
     assert {r["key"] for r in read_backup(files[0])} == deleted
     assert keys_matching(store, "cursor_task:*") == {keys["fresh"]}
@@ -930,7 +931,7 @@ def test_a_stopped_redis_server_is_one_error_line(redis_server: RedisServer, sto
 
 def test_no_redis_url_at_all_is_one_clear_line(tmp_path: Path) -> None:
     for args in redis_commands(tmp_path):
-        result = run_cli(*args, redis_url=None, timeout=30)
+        result = run_cli(*args, redis_url=None, cwd=tmp_path, timeout=30)  # no local instance there
         line = assert_one_error_line(result, code=None)
         assert "--redis-url" in line or "REDIS_URL" in line, (args, line)
 

@@ -1,7 +1,8 @@
 """The `elevenlabs-agent` command line (SPEC §7).
 
-Every command that talks to Redis takes `--redis-url` (default: REDIS_URL), prints a table by
-default and JSON with `--json`, and exits non-zero with one clear line on error.
+Every command that talks to Redis takes `--redis-url` (default: REDIS_URL, else the local instance
+that `serve --local` recorded under `.elevenlabs-agent/`), prints a table by default and JSON with
+`--json`, and exits non-zero with one clear line on error.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise click.ClickException(f"invalid configuration: {problems}") from None
-    agent_logging.configure(settings.log_level, settings.secret_values)
+    agent_logging.configure(settings.log_level, settings.secret_values, settings.log_format)
     return settings
 
 
@@ -56,7 +57,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 redis_url_option = click.option(
     "--redis-url",
     envvar="REDIS_URL",
-    help="Redis URL: redis://, redis+cluster:// or redis+sentinel:// (default: $REDIS_URL).",
+    help="Redis URL: redis://, redis+cluster:// or redis+sentinel:// "
+    "(default: $REDIS_URL, else the local instance's, recorded in .elevenlabs-agent/redis.url).",
     metavar="URL",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -69,6 +71,7 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     from elevenlabs_agent.redis_urls import open_redis
 
     url = _require_url(redis_url)
+    local = not redis_url
     try:
         # One server, a Redis Cluster (redis+cluster://) or a Sentinel master (redis+sentinel://).
         redis = open_redis(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=30)
@@ -84,13 +87,19 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except (RedisError, RedisClusterException) as exc:
-        raise click.ClickException(f"Redis error: {exc}") from None
+        hint = " (the local instance's Redis, recorded at its last start: is ./scripts/run running?)" if local else ""
+        raise click.ClickException(f"Redis error: {exc}{hint}") from None
 
 
 def _require_url(redis_url: str | None) -> str:
-    if not redis_url:
-        raise click.ClickException("no Redis to talk to: pass --redis-url or set REDIS_URL")
-    return redis_url
+    from elevenlabs_agent.local import recorded_redis_url
+
+    url = redis_url or recorded_redis_url()
+    if not url:
+        raise click.ClickException(
+            "no Redis to talk to: pass --redis-url, set REDIS_URL, or start the local instance (./scripts/run)"
+        )
+    return url
 
 
 def _print_json(data: Any) -> None:
@@ -141,13 +150,34 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Local mode (./scripts/run): fill in what is unset - embedded Redis at a recorded address, a generated "
+    "webhook secret, the simulated cursor-runner - and print a tool call to try.",
+)
 @click.option("--worker-fd", type=int, hidden=True, help="Internal: serve on this inherited socket (WORKERS > 1).")
 @click.option("--supervisor-pid", type=int, hidden=True, help="Internal: stop when this parent is gone.")
-def serve(worker_fd: int | None, supervisor_pid: int | None) -> None:
+def serve(local: bool, worker_fd: int | None, supervisor_pid: int | None) -> None:
     """Run the service (embedded Redis when REDIS_URL is unset; WORKERS processes)."""
-    from elevenlabs_agent.serve import run
+    from elevenlabs_agent.serve import PortInUse, listen, run
 
-    run(_settings(), worker_fd, supervisor_pid)
+    if not local or worker_fd is not None:
+        try:
+            run(_settings(), worker_fd, supervisor_pid)
+        except PortInUse as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+
+    from elevenlabs_agent.local import apply_defaults, local_environment
+
+    apply_defaults()
+    try:
+        listener = listen(_settings())
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    with local_environment(say=lambda text: click.echo(text, err=True), terminal=sys.stderr.isatty()):
+        run(_settings(), listener=listener)
 
 
 @main.command()
@@ -337,8 +367,11 @@ def _purge(
     from elevenlabs_agent.stores.locks import LockBusy
 
     if yes and backup is None:
+        from elevenlabs_agent.local import BACKUPS_DIR, state_dir
+
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        backup = Path(f"elevenlabs-agent-backup-{name}-{stamp}.jsonl")
+        backup = state_dir() / BACKUPS_DIR / f"elevenlabs-agent-backup-{name}-{stamp}.jsonl"
+        backup.parent.mkdir(parents=True, exist_ok=True)
     flt = PurgeFilter(older_than=older_than, status=status)
     url = _require_url(redis_url)
     with _progress(f"purging {name}" if yes else f"scanning {name}") as progress:
@@ -370,7 +403,8 @@ def _purge_options(command: Callable[..., None]) -> Callable[..., None]:
         "--backup",
         type=click.Path(dir_okay=False, path_type=Path),
         metavar="FILE",
-        help="Backup file (JSON lines); default: ./elevenlabs-agent-backup-<family>-<time>.jsonl",
+        help="Backup file (JSON lines); default: .elevenlabs-agent/backups/"
+        "elevenlabs-agent-backup-<family>-<time>.jsonl",
     )(command)
     command = click.option(
         "--older-than",

@@ -1,4 +1,6 @@
-"""Structured logging: JSON lines via structlog, with secrets redacted before anything is written."""
+"""Structured logging via structlog, with secrets redacted before anything is written: JSON lines
+for machines (not a terminal, or LOG_FORMAT=json), coloured console lines for people on a terminal.
+The event names and fields are the same in both."""
 
 from __future__ import annotations
 
@@ -40,18 +42,32 @@ class Redactor:
         return event
 
 
-def configure(level: str = "info", secrets: Iterable[str] = ()) -> None:
-    """Configure structlog (and route stdlib logging through the same JSON output)."""
+def wants_console(log_format: str = "auto", stream: Any = None) -> bool:
+    """Console lines for LOG_FORMAT=console, or for auto when the output is a terminal."""
+    if log_format == "auto":
+        stream = sys.stdout if stream is None else stream
+        isatty = getattr(stream, "isatty", None)
+        return bool(isatty and isatty())
+    return log_format == "console"
+
+
+def configure(level: str = "info", secrets: Iterable[str] = (), log_format: str = "auto") -> None:
+    """Configure structlog (and route stdlib logging through the same output)."""
     global _level
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     _level = numeric
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True, sort_keys=False)
+        if wants_console(log_format)
+        else structlog.processors.JSONRenderer()
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Exceptions are rendered to text before redaction: their messages can carry secrets too.
-    render: list[Any] = [structlog.processors.format_exc_info, Redactor(secrets), structlog.processors.JSONRenderer()]
+    render: list[Any] = [structlog.processors.format_exc_info, Redactor(secrets), renderer]
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

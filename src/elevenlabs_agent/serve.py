@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -111,22 +112,51 @@ def redis_for(settings: Settings) -> Iterator[str]:
         log.info(events.EMBEDDED_REDIS_STOPPED)
 
 
-def run(settings: Settings, worker_fd: int | None = None, supervisor_pid: int | None = None) -> None:
+class PortInUse(RuntimeError):
+    pass
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything else starts: a second `serve` on a busy port fails
+    at once with one clear line, before its embedded Redis, its lifespan or any `service.started`."""
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((settings.host, settings.port))
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {settings.port} on {settings.host} is in use (another serve?): stop it or set PORT"
+            ) from None
+        raise
+    listener.set_inheritable(True)
+    return listener
+
+
+def run(
+    settings: Settings,
+    worker_fd: int | None = None,
+    supervisor_pid: int | None = None,
+    listener: socket.socket | None = None,
+) -> None:
     """Serve in this process, or (WORKERS > 1) supervise worker processes that share one socket."""
     if worker_fd is not None:
         _serve(settings, settings.redis_url or "", [socket.socket(fileno=worker_fd)], supervisor_pid)
         return
+    listener = listener or listen(settings)
     log.info(events.SERVICE_STARTING, host=settings.host, port=settings.port, workers=settings.workers)
     with redis_for(settings) as redis_url:
         if settings.workers > 1:
-            Supervisor(settings, redis_url).run()
+            Supervisor(settings, redis_url, listener).run()
         else:
-            _serve(settings, redis_url, None)
+            _serve(settings, redis_url, [listener])
 
 
-def _serve(
-    settings: Settings, redis_url: str, sockets: list[socket.socket] | None, supervisor_pid: int | None = None
-) -> None:
+def _serve(settings: Settings, redis_url: str, sockets: list[socket.socket], supervisor_pid: int | None = None) -> None:
     app = create_app(settings, redis_url)
     config = uvicorn.Config(
         app,

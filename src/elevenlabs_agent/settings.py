@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)
     log_level: str = "info"
+    # auto: structlog's coloured console lines on a terminal, JSON lines otherwise (files, collectors).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", mode="before")
     @classmethod

@@ -31,16 +31,16 @@ RESTART_DELAY_SECONDS = 1.0
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, redis_url: str) -> None:
+    def __init__(self, settings: Settings, redis_url: str, listener: socket.socket) -> None:
         self.settings = settings
+        self.listener = listener
         self.redis_url = redis_url
         self.stopping = False
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
 
     def run(self) -> None:
         s = self.settings
-        listener = socket.create_server((s.host, s.port), backlog=2048)
-        listener.set_inheritable(True)
+        listener = self.listener
         metrics_dir = tempfile.mkdtemp(prefix="elevenlabs-agent-metrics-")
         env = {**os.environ, "REDIS_URL": self.redis_url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         for sig in (signal.SIGTERM, signal.SIGINT):
