@@ -20,6 +20,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
@@ -397,3 +398,18 @@ async def test_websocket_resyncs_after_redis_restarts(make_stack: StackFactory, 
             await eventually(appended)
         update = await frame_where(ws, lambda f: f.get("reason") == "message")
         assert update["conversation"]["messages"][-1]["content"] == "after restart"
+
+
+async def test_a_slow_socket_keeps_the_newest_frames_and_its_close() -> None:
+    """A client that does not read loses older update frames (each carries the whole conversation),
+    never the newest one, and never the close that a drain queued."""
+    subscriber = live.Subscriber("c1")
+    for n in range(live.QUEUE_FRAMES + 3):
+        subscriber.offer(f"frame {n}")
+    assert subscriber.frames == [f"frame {n}" for n in range(3, live.QUEUE_FRAMES + 3)]
+    assert subscriber.ready().done()
+    subscriber.closing = True
+    subscriber.offer(None)
+    for n in range(live.QUEUE_FRAMES * 2):
+        subscriber.offer(f"late {n}")
+    assert subscriber.frames[-1] is None and not any(f and f.startswith("late") for f in subscriber.frames)

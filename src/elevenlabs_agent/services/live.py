@@ -61,7 +61,10 @@ class Subscriber:
 
     def offer(self, text: str | None) -> None:
         """Queue a frame. Never blocks the fan-out: a full mailbox loses its oldest frame, which the
-        newer one supersedes (every frame carries the whole conversation)."""
+        newer one supersedes (every frame carries the whole conversation). Once the close is queued
+        nothing follows it, so it can never be the frame that is dropped."""
+        if self.closing and text is not None:
+            return
         if len(self.frames) >= QUEUE_FRAMES:
             del self.frames[0]
             metrics.WEBSOCKET_FRAMES_DROPPED.inc()
