@@ -54,3 +54,13 @@ SSE_DISCONNECTED: Final = "sse.disconnected"
 # signed url (us -> ElevenLabs)
 SIGNED_URL_ISSUED: Final = "signed_url.issued"
 SIGNED_URL_FAILED: Final = "signed_url.failed"
+
+# conversation listing indexes
+CONVERSATION_INDEX_REPAIRED: Final = "conversation.index_repaired"
+
+# live conversation updates (WebSocket, /agent-conversations/api/ws)
+WS_CONNECTED: Final = "ws.connected"
+WS_DISCONNECTED: Final = "ws.disconnected"
+WS_REJECTED: Final = "ws.rejected"
+WS_CLOSING_FOR_DRAIN: Final = "ws.closing_for_drain"
+LIVE_SUBSCRIPTION_LOST: Final = "live.subscription_lost"

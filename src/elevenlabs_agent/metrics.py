@@ -34,6 +34,24 @@ INFLIGHT_DELIVERIES = Gauge(
 SSE_SUBSCRIBERS = Gauge(
     PREFIX + "sse_subscribers", "Open SSE event streams on this instance", multiprocess_mode="livesum"
 )
+WEBSOCKET_SUBSCRIBERS = Gauge(
+    PREFIX + "websocket_subscribers",
+    "Open live-update WebSockets (/agent-conversations/api/ws) on this instance",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTIONS = Counter(
+    PREFIX + "websocket_connections",
+    "Live-update WebSocket handshakes by outcome (accepted, origin_rejected, disabled, invalid_id, "
+    "unknown_conversation, redis_unavailable)",
+    ["outcome"],
+)
+WEBSOCKET_FRAMES = Counter(
+    PREFIX + "websocket_frames", "Frames sent to live-update WebSockets by type (snapshot, updated, error)", ["type"]
+)
+WEBSOCKET_FRAMES_DROPPED = Counter(
+    PREFIX + "websocket_frames_dropped",
+    "Update frames a slow WebSocket client skipped (a newer frame with the whole conversation replaced them)",
+)
 
 # state of the service and of Redis (the keyspace gauges are refreshed by a bounded background scan)
 REDIS_UP = Gauge(PREFIX + "redis_up", "1 if Redis answered the last PING, else 0", multiprocess_mode="livemin")

@@ -21,6 +21,7 @@ from elevenlabs_agent.redis_urls import is_single_node, open_cluster, open_senti
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.services.conversations import ConversationService
 from elevenlabs_agent.services.delivery import DeliveryService
+from elevenlabs_agent.services.live import LiveUpdates
 from elevenlabs_agent.services.signed_urls import SignedUrlService
 from elevenlabs_agent.services.tools import ToolService
 from elevenlabs_agent.settings import Settings
@@ -73,6 +74,7 @@ class Runtime:
     callbacks: CallbackService
     conversations: ConversationService
     signed_urls: SignedUrlService
+    live: LiveUpdates
     draining: bool = False
     # When set (monotonic time), in-flight work must be done by then: SHUTDOWN_TIMEOUT_SECONDS
     # bounds requests and deliveries together, not each on its own.
@@ -98,7 +100,9 @@ class Runtime:
         aliases = AliasStore(redis, s.alias_ttl_seconds)
         conversations = ConversationStore(redis, s.max_messages_per_conversation)
         outbox = Outbox(redis, blocking_redis, s.outbox_ttl_seconds, s.outbox_stream_maxlen)
-        delivery = DeliveryService(outbox, sessions, tasks, s.push_timeout_seconds, s.sse_keepalive_seconds)
+        delivery = DeliveryService(
+            outbox, sessions, tasks, conversations, s.push_timeout_seconds, s.sse_keepalive_seconds
+        )
         shared = None
         if s.callback_accept_webhook_secret and s.webhook_secret is not None:
             shared = s.webhook_secret.get_secret_value() or None
@@ -113,6 +117,8 @@ class Runtime:
             callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
+            # One subscription per instance on the connection pool that already allows long waits.
+            live=LiveUpdates(conversations, blocking_redis),
         )
 
     def time_left(self, default: float) -> float:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(5.0, gt=0, le=60)
     redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
     sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+    # Live-update WebSockets: a peer that does not answer a ping within the timeout is dropped.
+    ws_ping_interval_seconds: float = Field(20.0, gt=0, le=300)
+    ws_ping_timeout_seconds: float = Field(20.0, gt=0, le=300)
     drain_seconds: float = Field(5.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)

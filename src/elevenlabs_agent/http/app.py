@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from elevenlabs_agent import events
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
@@ -36,12 +37,15 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             webhookConfigured=settings.webhook_configured,
         )
         housekeeper.start()
+        runtime.live.start()
         try:
             yield
         finally:
             try:
                 await housekeeper.stop()
                 runtime.start_draining()
+                await runtime.live.close_all(timeout=1.0)
+                await runtime.live.stop()
                 log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
                 finished = await runtime.delivery.drain(runtime.time_left(settings.shutdown_timeout_seconds))
             finally:
@@ -55,8 +59,9 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             Middleware(
                 EdgeMiddleware,
                 enabled=settings.elevenlabs_agent_enabled,
-                hot_routes=[r for r in ROUTES if r.path in HOT_PATHS],
+                hot_routes=[r for r in ROUTES if isinstance(r, Route) and r.path in HOT_PATHS],
                 access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
+                allowed_origins=settings.cors_allow_origins,
             ),
             Middleware(
                 CORSMiddleware,

@@ -22,6 +22,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.UpgradeRequired: 426,
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }

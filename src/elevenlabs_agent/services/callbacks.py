@@ -191,7 +191,14 @@ class CallbackService:
         in_order = not is_cluster(self.tasks.redis)
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
             self.conversations.queue_upsert_message(
-                pipe, outcome.conversation_id, message, now=now, task_id=outcome.task_id, create=True, capped=False
+                pipe,
+                outcome.conversation_id,
+                message,
+                now=now,
+                reason="tool_result",
+                task_id=outcome.task_id,
+                create=True,
+                capped=False,
             )
             self.outbox.queue_publish(pipe, outcome.conversation_id, outcome.task_id, event)
             if in_order:
