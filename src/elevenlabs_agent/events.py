@@ -54,3 +54,14 @@ SSE_DISCONNECTED: Final = "sse.disconnected"
 # signed url (us -> ElevenLabs)
 SIGNED_URL_ISSUED: Final = "signed_url.issued"
 SIGNED_URL_FAILED: Final = "signed_url.failed"
+
+# callback spool (issue 13): callbacks made durable locally while Redis could not record them
+CALLBACK_SPOOLED: Final = "callback.spooled"
+CALLBACK_SPOOL_REFUSED: Final = "callback.spool_refused"
+CALLBACK_SPOOL_REPLAYED: Final = "callback.spool_replayed"
+CALLBACK_SPOOL_DISCARDED: Final = "callback.spool_discarded"
+CALLBACK_SPOOL_RECORD_SKIPPED: Final = "callback.spool_record_skipped"
+CALLBACK_SPOOL_OPENED: Final = "callback.spool_opened"
+CALLBACK_SPOOL_UNAVAILABLE: Final = "callback.spool_unavailable"
+CALLBACK_SPOOL_WRITE_FAILED: Final = "callback.spool_write_failed"
+CALLBACK_SPOOL_DRAINED: Final = "callback.spool_drained"

@@ -24,6 +24,7 @@ from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.signed_urls import SignedUrlService
 from elevenlabs_agent.services.tools import ToolService
 from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.spool import Journal
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
@@ -73,6 +74,7 @@ class Runtime:
     callbacks: CallbackService
     conversations: ConversationService
     signed_urls: SignedUrlService
+    journal: Journal | None = None
     draining: bool = False
     # When set (monotonic time), in-flight work must be done by then: SHUTDOWN_TIMEOUT_SECONDS
     # bounds requests and deliveries together, not each on its own.
@@ -102,6 +104,8 @@ class Runtime:
         shared = None
         if s.callback_accept_webhook_secret and s.webhook_secret is not None:
             shared = s.webhook_secret.get_secret_value() or None
+        # CALLBACK_SPOOL_MAX_BYTES=0 turns the spool off: callbacks get a 503 while Redis is down.
+        journal = Journal(s.spool_directory, s.callback_spool_max_bytes) if s.callback_spool_max_bytes else None
         return cls(
             settings=s,
             redis=redis,
@@ -110,9 +114,10 @@ class Runtime:
             elevenlabs=elevenlabs,
             delivery=delivery,
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
-            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
+            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared, journal),
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
+            journal=journal,
         )
 
     def time_left(self, default: float) -> float:
@@ -141,3 +146,5 @@ class Runtime:
             await self.elevenlabs.aclose()
         await self.blocking_redis.aclose()
         await self.redis.aclose()
+        if self.journal is not None:
+            self.journal.close()

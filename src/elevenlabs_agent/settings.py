@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)
     log_level: str = "info"
 
+    # Callbacks that arrive while Redis cannot record them are journaled here and replayed later
+    # (spool.py). Unset: `spool/` under the embedded data directory. Must be a persistent disk.
+    callback_spool_dir: str | None = None
+    callback_spool_max_bytes: int = Field(256 * 1_048_576, ge=0)
+
     @field_validator("cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -81,6 +87,10 @@ class Settings(BaseSettings):
         """Every configured secret, for the log redactor."""
         secrets = (self.webhook_secret, self.elevenlabs_api_key, self.cursor_runner_secret)
         return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+
+    @property
+    def spool_directory(self) -> Path:
+        return Path(self.callback_spool_dir or Path(self.embedded_redis_dir) / "spool").resolve()
 
     @property
     def webhook_configured(self) -> bool:

@@ -10,12 +10,15 @@ import hmac
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from redis.exceptions import RedisError
+
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
+from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
@@ -36,6 +39,9 @@ _RESULT_FIELDS = (
 )
 
 log = get_logger()
+# Redis could not be reached or could not answer in time (refused, reset, timeout, cluster down, a
+# failover in progress): what sends a callback to the spool instead of a 503.
+SPOOLED_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,10 @@ class CallbackBody:
         failed = not success or (exit_code is not None and exit_code != 0)
         result = {k: body[k] for k in _RESULT_FIELDS if k in body}
         return cls(str(request_id), failed, result)
+
+    def to_body(self) -> dict[str, Any]:
+        """The body again, with only the fields we keep (what the spool journals; `parse` reads it back)."""
+        return {"requestId": self.request_id, **self.result}
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ class CallbackService:
         outbox: Outbox,
         delivery: DeliveryService,
         shared_secret: str | None,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
         self.tasks = tasks
         self.conversations = conversations
         self.outbox = outbox
@@ -113,12 +125,36 @@ class CallbackService:
         if not secret:
             return self._unauthorized(task_id, "missing secret")
         shared_ok = self.shared_secret is not None and hmac.compare_digest(secret.encode(), self.shared_secret.encode())
+        token_hash = hash_token(secret)
+        now = now_iso()
+        try:
+            return await self._store(callback, token_hash, shared_ok, now)
+        except SPOOLED_ERRORS as exc:
+            if self.journal is None:
+                raise
+            # Redis cannot record it now: make it durable locally instead (replayed by SpoolReplayer).
+            await self._spool(SpooledCallback(task_id, callback.to_body(), token_hash, shared_ok, now), exc)
+            return {"success": True, "requestId": task_id, "status": "accepted"}
+
+    async def _spool(self, record: SpooledCallback, cause: Exception) -> None:
+        assert self.journal is not None
+        try:
+            await self.journal.append(record)
+        except SpoolRefused as refused:
+            log.error(events.CALLBACK_SPOOL_REFUSED, taskId=record.task_id, reason=refused.reason)
+            metrics.CALLBACKS_SPOOL_REFUSED.labels(refused.reason).inc()
+            raise cause from None
+        log.warning(events.CALLBACK_SPOOLED, taskId=record.task_id, error=type(cause).__name__)
+        metrics.CALLBACKS_SPOOLED.inc()
+        metrics.CALLBACKS.labels("spooled").inc()
+
+    async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
+        task_id = callback.request_id
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
-        now = now_iso()
         done = await self.tasks.complete(
             task_id,
-            token_hash=hash_token(secret),
+            token_hash=token_hash,
             shared_secret_ok=shared_ok,
             status=status,
             result=callback.result,
@@ -201,6 +237,62 @@ class CallbackService:
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
                 self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
                 await pipe.execute()
+
+    async def replay(self, spooled: SpooledCallback) -> str:
+        """Record one spooled callback as if it arrived now (Redis errors propagate: the replayer
+        keeps the record and tries again). Its secret is checked against the task here; a forged,
+        unknown or invalid one is discarded. Returns the outcome (a `callbacks_replayed` or
+        `callbacks_discarded` label)."""
+        task_id = spooled.task_id
+        try:
+            callback = CallbackBody.parse(spooled.body)
+        except InvalidInput:
+            return self._discard(task_id, "invalid")
+        if callback.request_id != task_id:
+            return self._discard(task_id, "invalid")
+        status = "failed" if callback.failed else "completed"
+        summary = speech.result_summary(callback.failed, callback.result)
+        done = await self.tasks.complete(
+            task_id,
+            token_hash=spooled.token_hash,
+            shared_secret_ok=spooled.shared_ok,
+            status=status,
+            result=callback.result,
+            summary=summary,
+            now=spooled.received_at,
+        )
+        if done.outcome == "unauthorized":
+            return self._discard(task_id, "forged")
+        if done.outcome == "unknown":
+            return self._discard(task_id, "unknown_task")
+        if done.outcome == "duplicate":
+            # Recorded before (a replay cut short, or Redis stored the result but its answer was lost):
+            # finish the recording if that part is missing, else nothing to do.
+            await self.repair([task_id])
+            outcome = "duplicate"
+        else:
+            await self.record(
+                Outcome(
+                    task_id=task_id,
+                    conversation_id=done.conversation_id,
+                    tool_name=done.tool_name,
+                    tool_args=done.tool_args,
+                    status=status,
+                    summary=summary,
+                    result=callback.result,
+                    completed_at=spooled.received_at,
+                )
+            )
+            self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
+            outcome = "accepted"
+        log.info(events.CALLBACK_SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
+        metrics.CALLBACKS_REPLAYED.labels(outcome).inc()
+        return outcome
+
+    def _discard(self, task_id: str, reason: str) -> str:
+        log.warning(events.CALLBACK_SPOOL_DISCARDED, taskId=task_id, reason=reason)
+        metrics.CALLBACKS_DISCARDED.labels(reason).inc()
+        return reason
 
     async def repair(self, task_ids: list[str]) -> int:
         """Finish recording results whose callback was cut short after the task was updated

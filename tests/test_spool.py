@@ -1,0 +1,291 @@
+"""The callback spool (issue 13): callbacks that arrive while Redis is unreachable are journaled
+locally, answered 200 and recorded (then delivered) when Redis answers again.
+
+Real parts: a redis-server of each test's own (killed with SIGKILL), the service in process or as a
+subprocess, the loopback cursor-runner and ElevenLabs fakes. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
+from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
+from tests.conftest import Stack, StackFactory
+from tests.serve_proc import ServeProcesses
+
+WEBHOOK_SECRET = "spool-webhook-secret-0123456789"
+RUNNER_SECRET = "spool-runner-secret-0123456789"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, AOF fsynced on every write (it is killed and restarted)."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def direct(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + ("{" if labels else " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def poll(check: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+def journal_lines(spool_dir: Path) -> list[Any]:
+    return [line for slot in slot_dirs(spool_dir) for segment in segments(slot) for line in read_lines(segment)]
+
+
+async def start_tasks(stack: Stack, eleven_id: str, count: int) -> list[tuple[str, str, str]]:
+    """`count` dispatched tasks whose callbacks the test sends itself: (task id, callback URL, secret)."""
+    stack.runner.callback_kind = "none"
+    tasks = []
+    for n in range(count):
+        response = await stack.call_tool({"conversation_id": eleven_id, "prompt": f"spooled task {n}"})
+        assert response.status_code == 200 and response.json()["success"] is True, response.text
+        task_id = response.json()["taskId"]
+        sent = next(r for r in stack.runner.received if r["id"] == task_id)
+        url, secret = split_secret(sent["callbackUrl"])
+        assert secret
+        tasks.append((task_id, url, secret))
+    return tasks
+
+
+async def post(stack: Stack, url: str, secret: str, body: dict[str, Any]) -> httpx.Response:
+    return await stack.http.post(url, json=body, headers={"X-Cursor-Runner-Secret": secret})
+
+
+# --- in process: outage, replay, forged callbacks, delivery once ------------------------------------
+
+
+async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_delivered_once(
+    make_stack: StackFactory, own_redis: RedisServer, direct: aioredis.Redis, tmp_path: Path
+) -> None:
+    logs = io.StringIO()
+    with contextlib.redirect_stdout(logs):
+        stack = await make_stack(redis_url=own_redis.url, redis_timeout_seconds=1.0)
+    _, eleven_id, voice = await stack.live_conversation(push=True)
+    tasks = await start_tasks(stack, eleven_id, 6)
+
+    own_redis.kill()
+    answers = []
+    forged_ids = [tasks[0][0], tasks[3][0]]
+    # Forged callbacks for real tasks, journaled before the real ones: discarded at replay, and the
+    # real callback that follows still wins.
+    for task_id in forged_ids:
+        body = callback_body("completion", task_id)
+        body["output"] = "FORGED"
+        answers.append(await post(stack, f"{stack.service.url}/callback", "not-the-secret", body))
+    answers.append(await post(stack, f"{stack.service.url}/callback", "whatever", callback_body("completion", "nope")))
+    for task_id, url, secret in tasks:
+        answers.append(await post(stack, url, secret, callback_body("completion", task_id)))
+    assert [a.status_code for a in answers] == [200] * 9, [a.text for a in answers]
+    assert all(a.json()["status"] == "accepted" and a.json()["success"] is True for a in answers)
+    no_secret = await stack.http.post(f"{stack.service.url}/callback", json=callback_body("completion", "x"))
+    assert no_secret.status_code == 401, "a callback without any secret is refused, never spooled"
+
+    health = (await stack.http.get("/health")).json()
+    assert health["redis"] == "disconnected" and health["callbackSpool"]["records"] == 9, health
+    lines = journal_lines(tmp_path / "spool")
+    assert len(lines) == 9 and all(line.record is not None for line in lines)
+    raw = b"".join(p.read_bytes() for s in slot_dirs(tmp_path / "spool") for p in segments(s))
+    assert all(secret.encode() not in raw for _, _, secret in tasks), "a plaintext secret in the journal"
+    ready = await stack.http.get("/ready")
+    assert ready.status_code == 503 and ready.json()["checks"]["callbackSpool:records"][0]["status"] == "warn"
+
+    returned_at = time.monotonic()
+    await asyncio.to_thread(own_redis.start)
+
+    async def all_delivered() -> bool:
+        conversation = stack.elevenlabs.conversations.get(eleven_id)
+        got = {u["context_id"] for u in conversation.contextual_updates} if conversation else set()
+        return got >= {t for t, _, _ in tasks}
+
+    assert await poll(all_delivered, 20), "spooled results not delivered after Redis returned"
+    print(f"\nRedis return -> last delivery: {time.monotonic() - returned_at:.2f} s (6 results, ping every 0.5 s)")
+    await asyncio.sleep(0.5)
+    conversation = stack.elevenlabs.conversations.get(eleven_id)
+    assert conversation is not None
+    delivered = [u["context_id"] for u in conversation.contextual_updates]
+    assert sorted(delivered) == sorted(t for t, _, _ in tasks), "delivered more or less than once each"
+    for task_id, _, _ in tasks:
+        task = await direct.hgetall(f"cursor_task:{task_id}")
+        assert task["status"] == "completed" and task.get("recordedAt"), task
+        assert "FORGED" not in task["result"]
+    assert not await direct.exists("cursor_task:nope")
+
+    async def drained() -> bool:
+        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
+
+    assert await poll(drained, 5)
+    assert journal_lines(tmp_path / "spool") == []
+    text = (await stack.http.get("/metrics")).text
+    assert metric(text, "elevenlabs_agent_callbacks_spooled_total") >= 9
+    assert metric(text, "elevenlabs_agent_callbacks_discarded_total", reason="forged") >= 2
+    assert metric(text, "elevenlabs_agent_callbacks_discarded_total", reason="unknown_task") >= 1
+    assert metric(text, "elevenlabs_agent_callbacks_replayed_total", outcome="accepted") >= 6
+    assert metric(text, "elevenlabs_agent_callback_spool_records") == 0
+    events = [orjson.loads(line)["event"] for line in logs.getvalue().splitlines() if line.startswith("{")]
+    assert events.count("callback.spooled") == 9 and events.count("callback.spool_discarded") == 3
+    await voice.close()
+
+
+async def test_spool_cap_reached_is_a_503_and_the_journal_stays_whole(
+    make_stack: StackFactory, own_redis: RedisServer, direct: aioredis.Redis, tmp_path: Path
+) -> None:
+    stack = await make_stack(redis_url=own_redis.url, redis_timeout_seconds=1.0, callback_spool_max_bytes=6000)
+    _, eleven_id, voice = await stack.live_conversation(push=False)
+    tasks = await start_tasks(stack, eleven_id, 8)
+    own_redis.kill()
+    statuses = []
+    for task_id, url, secret in tasks:
+        body = callback_body("completion", task_id)
+        body["output"] = "y" * 1500
+        response = await post(stack, url, secret, body)
+        statuses.append(response.status_code)
+        if response.status_code == 503:
+            assert response.json()["error"] == "storage (Redis) is unavailable", response.text
+    accepted = statuses.count(200)
+    assert 0 < accepted < len(tasks) and statuses == [200] * accepted + [503] * (len(tasks) - accepted), statuses
+    lines = journal_lines(tmp_path / "spool")
+    assert len(lines) == accepted and all(line.record is not None for line in lines), "a refused record was written"
+    assert sum(line.end - line.offset for line in lines) <= 6000
+    text = (await stack.http.get("/metrics")).text
+    assert metric(text, "elevenlabs_agent_callbacks_spool_refused_total", reason="full") >= len(tasks) - accepted
+
+    await asyncio.to_thread(own_redis.start)
+
+    async def replayed() -> bool:
+        statuses = [await direct.hget(f"cursor_task:{t}", "status") for t, _, _ in tasks[:accepted]]
+        return statuses == ["completed"] * accepted
+
+    assert await poll(replayed, 20)
+    # Refused ones were not kept: cursor-runner got a 503 for them, as before the spool.
+    assert all([await direct.hget(f"cursor_task:{t}", "status") == "pending" for t, _, _ in tasks[accepted:]])
+    await voice.close()
+
+
+async def test_unwritable_spool_directory_is_a_503(
+    make_stack: StackFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the spool directory should be")
+    stack = await make_stack(redis_url=own_redis.url, redis_timeout_seconds=1.0, callback_spool_dir=str(blocker / "x"))
+    _, eleven_id, voice = await stack.live_conversation(push=False)
+    [(task_id, url, secret)] = await start_tasks(stack, eleven_id, 1)
+    own_redis.kill()
+    response = await post(stack, url, secret, callback_body("completion", task_id))
+    assert response.status_code == 503, response.text
+    health = (await stack.http.get("/health")).json()
+    assert health["callbackSpool"]["writable"] is False
+    await asyncio.to_thread(own_redis.start)
+    await voice.close()
+
+
+# --- processes: the service SIGKILLed while holding spooled callbacks --------------------------------
+
+
+async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_process_brings_every_result_in(
+    tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
+) -> None:
+    runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")
+    procs = ServeProcesses(
+        tmp_path, WEBHOOK_SECRET=WEBHOOK_SECRET, CURSOR_RUNNER_SECRET=RUNNER_SECRET, LOG_LEVEL="info"
+    )
+    try:
+        async with LocalServer(runner.app()) as runner_server:
+            first = procs.new(REDIS_URL=own_redis.url, CURSOR_RUNNER_URL=runner_server.url, REDIS_TIMEOUT_SECONDS="1")
+            await first.start(path="/ready")
+            async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+                created = await client.post("/agent-conversations/api/new", json={"conversationId": "conv-spool-kill"})
+                assert created.status_code == 201, created.text
+                tasks = []
+                for n in range(20):
+                    response = await client.post(
+                        "/agent-tools",
+                        json={"conversation_id": "conv-spool-kill", "prompt": f"task {n}"},
+                        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+                    )
+                    assert response.status_code == 200 and response.json()["success"] is True, response.text
+                    tasks.append(response.json()["taskId"])
+                own_redis.kill()
+                for task_id in tasks:
+                    sent = next(r for r in runner.received if r["id"] == task_id)
+                    url, secret = split_secret(sent["callbackUrl"])
+                    assert secret
+                    response = await client.post(
+                        url, json=callback_body("completion", task_id), headers={"X-Cursor-Runner-Secret": secret}
+                    )
+                    assert response.status_code == 200 and response.json()["status"] == "accepted", response.text
+            first.kill()  # SIGKILL with 20 callbacks spooled and Redis down
+
+            # A crash mid-write leaves a torn last line: half a record, no newline.
+            spool_dir = tmp_path / f"spool-{first.port}"
+            [slot] = slot_dirs(spool_dir)
+            last = segments(slot)[-1]
+            torn = SpooledCallback("torn-task", {"requestId": "torn-task", "success": True}, "0" * 64, False, "x")
+            with last.open("ab") as f:
+                f.write(torn.encode()[:40])
+
+            await asyncio.to_thread(own_redis.start)
+            second = procs.new(
+                port=first.port, REDIS_URL=own_redis.url, CURSOR_RUNNER_URL=runner_server.url, REDIS_TIMEOUT_SECONDS="1"
+            )
+            returned_at = time.monotonic()
+            await second.start(path="/ready")
+
+            async def all_recorded() -> bool:
+                async with direct.pipeline(transaction=False) as pipe:
+                    for task_id in tasks:
+                        pipe.hget(f"cursor_task:{task_id}", "recordedAt")
+                    return all(await pipe.execute())
+
+            assert await poll(all_recorded, 30), second.output()[-3000:]
+            took = time.monotonic() - returned_at
+            pending = await direct.hkeys("elevenlabs:pending:{conv-spool-kill}")
+            assert sorted(pending) == sorted(tasks), "results not waiting for delivery in the outbox"
+            async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+                conversation = (await client.get("/agent-conversations/api/conv-spool-kill")).json()
+            tool_messages = [m for m in conversation["messages"] if m.get("taskId") in tasks]
+            assert {m["taskId"] for m in tool_messages} == set(tasks)
+            assert all(m["status"] == "completed" for m in tool_messages)
+
+            async def skipped_logged() -> bool:
+                return any(r["event"] == "callback.spool_record_skipped" for r in second.records())
+
+            assert await poll(skipped_logged, 5), "no log line for the torn record"
+            assert await poll(lambda: asyncio.sleep(0, not segments(slot)), 5), "journal not removed after replay"
+            print(f"\nnew process + Redis -> 20 spooled results recorded in {took:.2f} s (incl. process start)")
+    finally:
+        procs.kill_all()
