@@ -20,12 +20,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis_server import RedisClusterServers, RedisServer
+from elevenlabs_agent.redis_urls import open_redis
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
 from tests.conftest import Stack, StackFactory
 from tests.serve_proc import ServeProcesses
+from tests.test_cluster import nodes_holding
 
 WEBHOOK_SECRET = "spool-webhook-secret-0123456789"
 RUNNER_SECRET = "spool-runner-secret-0123456789"
@@ -289,3 +291,94 @@ async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_pro
             print(f"\nnew process + Redis -> 20 spooled results recorded in {took:.2f} s (incl. process start)")
     finally:
         procs.kill_all()
+
+
+# --- a 3-master cluster with one master down: only its slots spool ---------------------------------
+
+
+@pytest.fixture
+def spool_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """Its own 3-master cluster: AOF fsynced on every write (a master is SIGKILLed and comes back with
+    its data), and the other masters keep serving their slots while one is down."""
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    cluster.nodes = [
+        RedisServer(
+            tmp_path / "cluster" / f"node-{i}",
+            appendonly=True,
+            appendfsync="always",
+            cluster=True,
+            extra_args=("--cluster-require-full-coverage", "no"),
+        )
+        for i in range(3)
+    ]
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
+    make_stack: StackFactory, spool_cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    client = open_redis(spool_cluster.url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        await client.ping()  # learns the slot map
+        stack = await make_stack(redis_url=spool_cluster.url, redis_timeout_seconds=0.5)
+        # A conversation whose own keys leave one master free: that master goes down.
+        for _ in range(20):
+            conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
+            keys = [
+                f"elevenlabs:conversation:{conversation_id}",
+                f"elevenlabs:pending:{{{conversation_id}}}",
+                f"elevenlabs:session:{conversation_id}",
+                f"elevenlabs:alias:{eleven_id}",
+                "elevenlabs:conversations",
+            ]
+            used = nodes_holding(client, keys)
+            if len(used) < 3:
+                break
+            await voice.close()
+        else:
+            pytest.fail("no conversation left a master free in 20 tries")
+        victim = next(n for n in spool_cluster.nodes if f"127.0.0.1:{n.port}" not in used)
+        tasks = await start_tasks(stack, eleven_id, 12)
+        on_victim = {
+            t for t, _, _ in tasks if nodes_holding(client, [f"cursor_task:{t}"]) == {f"127.0.0.1:{victim.port}"}
+        }
+        assert on_victim and len(on_victim) < len(tasks), "tasks not spread over the masters; rerun"
+
+        victim.kill()
+        answers = {}
+        for task_id, url, secret in tasks:
+            response = await post(stack, url, secret, callback_body("completion", task_id))
+            assert response.status_code == 200, response.text
+            answers[task_id] = response.json()["status"]
+        spooled = {t for t, status in answers.items() if status == "accepted"}
+        # Every callback of the down master's slots spools. The others are stored at once, except
+        # that redis-py's cluster client may fail a command to a healthy master while it re-learns
+        # the slot map after a node error: such a callback is spooled too (and replayed like the rest).
+        assert on_victim <= spooled, (spooled, on_victim)
+        stored = {t for t, status in answers.items() if status == "completed"}
+        assert stored | spooled == {t for t, _, _ in tasks}
+        assert len(spooled - on_victim) <= 2, f"{len(spooled - on_victim)} healthy-slot callbacks spooled"
+        assert len(journal_lines(tmp_path / "spool")) == len(spooled)
+        print(f"\ncluster, one master down: {len(tasks)} callbacks, {len(on_victim)} on it, {len(spooled)} spooled")
+
+        await asyncio.to_thread(victim.start)
+        await asyncio.to_thread(spool_cluster.wait_ok)
+
+        async def all_delivered() -> bool:
+            conversation = stack.elevenlabs.conversations.get(eleven_id)
+            got = [u["context_id"] for u in conversation.contextual_updates] if conversation else []
+            return set(got) >= {t for t, _, _ in tasks}
+
+        assert await poll(all_delivered, 30), "results of the down master not delivered after it returned"
+        await asyncio.sleep(0.5)
+        conversation = stack.elevenlabs.conversations.get(eleven_id)
+        assert conversation is not None
+        delivered = [u["context_id"] for u in conversation.contextual_updates]
+        assert sorted(delivered) == sorted(t for t, _, _ in tasks), "delivered more or less than once each"
+        for task_id, _, _ in tasks:
+            assert await client.hget(f"cursor_task:{task_id}", "recordedAt"), task_id
+        await voice.close()
+    finally:
+        await client.aclose()

@@ -59,6 +59,7 @@ class SpoolReplayer:
         self._resume: dict[Path, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._next_orphan_check = 0.0
+        self._paused = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -75,8 +76,14 @@ class SpoolReplayer:
             try:
                 if await self._has_work() and await self.redis_up():
                     await self.replay()
+                    self._paused = False
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning(events.HOUSEKEEPING_FAILED, error=type(exc).__name__, during="spool replay")
+                # Once per interruption, not on every retry (a cluster master can stay down a while).
+                if not self._paused:
+                    log.warning(
+                        events.CALLBACK_SPOOL_REPLAY_PAUSED, error=type(exc).__name__, pending=self.journal.records
+                    )
+                self._paused = True
             self.update_gauges()
             await asyncio.sleep(self.interval)
 
