@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
 from tests.conftest import Stack, StackFactory
-from tests.serve_proc import ServeProcesses
+from tests.serve_proc import ServeProcesses, clean_env
 from tests.test_cluster import nodes_holding
 
 WEBHOOK_SECRET = "spool-webhook-secret-0123456789"
@@ -218,6 +220,36 @@ async def test_unwritable_spool_directory_is_a_503(
 # --- processes: the service SIGKILLed while holding spooled callbacks --------------------------------
 
 
+async def spool_in_a_process(
+    procs: ServeProcesses, runner: FakeCursorRunner, runner_url: str, redis: RedisServer, conversation: str, count: int
+) -> tuple[Any, list[str]]:
+    """A `serve` process holding `count` spooled callbacks (Redis killed after the tasks started)."""
+    service = procs.new(REDIS_URL=redis.url, CURSOR_RUNNER_URL=runner_url, REDIS_TIMEOUT_SECONDS="1")
+    await service.start(path="/ready")
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        created = await client.post("/agent-conversations/api/new", json={"conversationId": conversation})
+        assert created.status_code == 201, created.text
+        tasks = []
+        for n in range(count):
+            response = await client.post(
+                "/agent-tools",
+                json={"conversation_id": conversation, "prompt": f"task {n}"},
+                headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+            )
+            assert response.status_code == 200 and response.json()["success"] is True, response.text
+            tasks.append(response.json()["taskId"])
+        redis.kill()
+        for task_id in tasks:
+            sent = next(r for r in runner.received if r["id"] == task_id)
+            url, secret = split_secret(sent["callbackUrl"])
+            assert secret
+            response = await client.post(
+                url, json=callback_body("completion", task_id), headers={"X-Cursor-Runner-Secret": secret}
+            )
+            assert response.status_code == 200 and response.json()["status"] == "accepted", response.text
+    return service, tasks
+
+
 async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_process_brings_every_result_in(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:
@@ -227,29 +259,7 @@ async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_pro
     )
     try:
         async with LocalServer(runner.app()) as runner_server:
-            first = procs.new(REDIS_URL=own_redis.url, CURSOR_RUNNER_URL=runner_server.url, REDIS_TIMEOUT_SECONDS="1")
-            await first.start(path="/ready")
-            async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
-                created = await client.post("/agent-conversations/api/new", json={"conversationId": "conv-spool-kill"})
-                assert created.status_code == 201, created.text
-                tasks = []
-                for n in range(20):
-                    response = await client.post(
-                        "/agent-tools",
-                        json={"conversation_id": "conv-spool-kill", "prompt": f"task {n}"},
-                        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
-                    )
-                    assert response.status_code == 200 and response.json()["success"] is True, response.text
-                    tasks.append(response.json()["taskId"])
-                own_redis.kill()
-                for task_id in tasks:
-                    sent = next(r for r in runner.received if r["id"] == task_id)
-                    url, secret = split_secret(sent["callbackUrl"])
-                    assert secret
-                    response = await client.post(
-                        url, json=callback_body("completion", task_id), headers={"X-Cursor-Runner-Secret": secret}
-                    )
-                    assert response.status_code == 200 and response.json()["status"] == "accepted", response.text
+            first, tasks = await spool_in_a_process(procs, runner, runner_server.url, own_redis, "conv-spool-kill", 20)
             first.kill()  # SIGKILL with 20 callbacks spooled and Redis down
 
             # A crash mid-write leaves a torn last line: half a record, no newline.
@@ -382,3 +392,64 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
         await voice.close()
     finally:
         await client.aclose()
+
+
+# --- the operator's CLI: spool status and spool replay ----------------------------------------------
+
+
+async def cli(*args: str | Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "elevenlabs_agent",
+        *map(str, args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
+    tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
+) -> None:
+    runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")
+    procs = ServeProcesses(tmp_path, WEBHOOK_SECRET=WEBHOOK_SECRET, CURSOR_RUNNER_SECRET=RUNNER_SECRET)
+    try:
+        async with LocalServer(runner.app()) as runner_server:
+            service, tasks = await spool_in_a_process(procs, runner, runner_server.url, own_redis, "conv-spool-cli", 5)
+            spool_dir = tmp_path / f"spool-{service.port}"
+            code, out, err = await cli("spool", "status", "--dir", spool_dir, "--json")
+            assert code == 0, err
+            status = orjson.loads(out)
+            assert status["records"] == 5 and status["slots"][0]["heldByLiveProcess"] is True, status
+
+            # Held by a live process: `replay` leaves it to that process.
+            await asyncio.to_thread(own_redis.start)
+            service.signal(signal.SIGSTOP)  # it cannot replay, but it still holds its slot
+            try:
+                code, out, err = await cli(
+                    "spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url, "--json"
+                )
+                assert code == 0, err
+                report = orjson.loads(out)
+                assert report["outcomes"] == {} and report["heldByLiveProcess"] == ["0"], report
+            finally:
+                service.kill()  # SIGKILL: the slot is free now
+
+            code, out, err = await cli("spool", "status", "--dir", spool_dir)
+            assert code == 0 and "5 callback(s) waiting" in out, (out, err)
+            code, out, err = await cli("spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url)
+            assert code == 0 and "replayed: 5 accepted" in out, (out, err)
+            assert '"event": "callback.spool_replayed"' in err  # log lines on stderr, the report on stdout
+            for task_id in tasks:
+                assert await direct.hget(f"cursor_task:{task_id}", "recordedAt"), task_id
+            assert sorted(await direct.hkeys("elevenlabs:pending:{conv-spool-cli}")) == sorted(tasks)
+            code, out, err = await cli("spool", "status", "--dir", spool_dir, "--json")
+            assert code == 0 and orjson.loads(out)["records"] == 0, out
+            code, out, err = await cli("spool", "replay", "--dir", spool_dir, "--redis-url", "redis://127.0.0.1:1")
+            assert code == 0 and "nothing to replay" in out, (out, err)
+    finally:
+        procs.kill_all()

@@ -317,3 +317,33 @@ def scan_pending(found: list[Path]) -> tuple[int, int, float | None]:
                 if oldest is None:
                     oldest = line.record.received_epoch
     return records, size, oldest
+
+
+def slot_status(slot_dir: Path) -> dict[str, Any]:
+    """One slot as the CLI shows it (read only; a held slot's active segment may grow meanwhile)."""
+    fd = try_lock(slot_dir)
+    held = fd is None
+    if fd is not None:
+        os.close(fd)
+    records = torn = size = 0
+    oldest: str | None = None
+    found = segments(slot_dir)
+    for segment in found:
+        with contextlib.suppress(FileNotFoundError):
+            size += segment.stat().st_size
+            for line in read_lines(segment):
+                if line.record is None:
+                    torn += 1
+                    continue
+                records += 1
+                oldest = oldest or line.record.received_at
+    return {
+        "slot": slot_dir.name,
+        "path": str(slot_dir),
+        "heldByLiveProcess": held,
+        "segments": len(found),
+        "records": records,
+        "tornRecords": torn,
+        "bytes": size,
+        "oldestReceivedAt": oldest,
+    }
