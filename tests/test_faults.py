@@ -6,7 +6,8 @@ killed with SIGKILL, the loopback fakes in this test's event loop. Every loop is
 count; figures are printed (`pytest -s`).
 
 Durability decision: the service acknowledges a callback only after Redis answered the writes that
-store it, or, while Redis cannot be reached, after the callback spool (issue 13) fsynced it; so no acknowledged result is lost when Redis crashes *if Redis fsyncs its AOF before it
+store it, or, while Redis cannot be reached, after the callback spool (issue 13) fsynced it; so no
+acknowledged result is lost when Redis crashes *if Redis fsyncs its AOF before it
 answers*: `appendfsync always`. With `everysec` (RedisServer's default, and Redis'), a write Redis has
 acknowledged can still be lost with the last second of AOF when Redis is killed while a background
 fsync is slow (it then postpones the write(2) of its AOF buffer by up to 2 s) or the host dies; the
