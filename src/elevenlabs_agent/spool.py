@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from elevenlabs_agent import events
+from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
 
 log = get_logger()
@@ -248,6 +248,8 @@ class Journal:
             self.bytes += len(line)
             if self.oldest_epoch is None:
                 self.oldest_epoch = record.received_epoch
+            metrics.CALLBACK_SPOOL_RECORDS.set(self.records)
+            metrics.CALLBACK_SPOOL_BYTES.set(self.bytes)
 
     def _write(self, line: bytes) -> None:
         assert self.slot_dir is not None
