@@ -453,7 +453,7 @@ async def test_drill_1_redis_unavailable(
         drill.mark("/ready 200 again (recovered)")
         # The spooled callback is recorded and delivered by itself.
         if await drill.expect_event(
-            events.CALLBACK_SPOOL_REPLAYED, "recorded ... (then `callback.spool_replayed`", cursor, taskId=task_open
+            events.SPOOL_REPLAYED, "recorded ... (then `spool.replayed`", cursor, taskId=task_open
         ):
             drill.mark("spooled callback replayed")
         spooled_delivered = await wait_delivered(stack, eleven_id, task_open)

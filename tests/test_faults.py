@@ -345,7 +345,7 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_re
                 received.update(browser.received)
             async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
                 metrics_after = await scrape(client)
-            drained = [r for r in service.records() if r["event"] == "callback.spool_drained"]
+            drained = [r for r in service.records() if r["event"] == "spool.drained"]
             replayed = sum(r["records"] for r in drained)
             replay_seconds = sum(r["seconds"] for r in drained)
             refusals = [r for b in browsers for r in b.refusals]

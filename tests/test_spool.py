@@ -161,7 +161,7 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
     assert metric(text, "elevenlabs_agent_callbacks_replayed_total", outcome="accepted") >= 6
     assert metric(text, "elevenlabs_agent_callback_spool_records") == 0
     events = [orjson.loads(line)["event"] for line in logs.getvalue().splitlines() if line.startswith("{")]
-    assert events.count("callback.spooled") == 9 and events.count("callback.spool_discarded") == 3
+    assert events.count("callback.spooled") == 9 and events.count("spool.discarded") == 3
     await voice.close()
 
 
@@ -294,7 +294,7 @@ async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_pro
             assert all(m["status"] == "completed" for m in tool_messages)
 
             async def skipped_logged() -> bool:
-                return any(r["event"] == "callback.spool_record_skipped" for r in second.records())
+                return any(r["event"] == "spool.record_skipped" for r in second.records())
 
             assert await poll(skipped_logged, 5), "no log line for the torn record"
             assert await poll(lambda: asyncio.sleep(0, not segments(slot)), 5), "journal not removed after replay"
@@ -443,7 +443,7 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
             assert code == 0 and "5 callback(s) waiting" in out, (out, err)
             code, out, err = await cli("spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url)
             assert code == 0 and "replayed: 5 accepted" in out, (out, err)
-            assert '"event": "callback.spool_replayed"' in err  # log lines on stderr, the report on stdout
+            assert '"event": "spool.replayed"' in err  # log lines on stderr, the report on stdout
             for task_id in tasks:
                 assert await direct.hget(f"cursor_task:{task_id}", "recordedAt"), task_id
             assert sorted(await direct.hkeys("elevenlabs:pending:{conv-spool-cli}")) == sorted(tasks)

@@ -55,14 +55,16 @@ SSE_DISCONNECTED: Final = "sse.disconnected"
 SIGNED_URL_ISSUED: Final = "signed_url.issued"
 SIGNED_URL_FAILED: Final = "signed_url.failed"
 
-# callback spool (issue 13): callbacks made durable locally while Redis could not record them
+# callback spool (issue 13): callbacks made durable locally while Redis could not record them.
+# callback.* lines belong to a /callback request (requestId, taskId); spool.* lines come from the
+# spool itself and its background replay.
 CALLBACK_SPOOLED: Final = "callback.spooled"
 CALLBACK_SPOOL_REFUSED: Final = "callback.spool_refused"
-CALLBACK_SPOOL_REPLAYED: Final = "callback.spool_replayed"
-CALLBACK_SPOOL_DISCARDED: Final = "callback.spool_discarded"
-CALLBACK_SPOOL_RECORD_SKIPPED: Final = "callback.spool_record_skipped"
-CALLBACK_SPOOL_OPENED: Final = "callback.spool_opened"
-CALLBACK_SPOOL_UNAVAILABLE: Final = "callback.spool_unavailable"
+SPOOL_REPLAYED: Final = "spool.replayed"
+SPOOL_DISCARDED: Final = "spool.discarded"
+SPOOL_RECORD_SKIPPED: Final = "spool.record_skipped"
+SPOOL_OPENED: Final = "spool.opened"
+SPOOL_UNAVAILABLE: Final = "spool.unavailable"
 CALLBACK_SPOOL_WRITE_FAILED: Final = "callback.spool_write_failed"
-CALLBACK_SPOOL_DRAINED: Final = "callback.spool_drained"
-CALLBACK_SPOOL_REPLAY_PAUSED: Final = "callback.spool_replay_paused"
+SPOOL_DRAINED: Final = "spool.drained"
+SPOOL_REPLAY_PAUSED: Final = "spool.replay_paused"

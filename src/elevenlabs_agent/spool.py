@@ -208,15 +208,13 @@ class Journal:
             else:
                 raise OSError("every spool slot is held")
         except OSError as exc:
-            log.error(events.CALLBACK_SPOOL_UNAVAILABLE, directory=str(self.directory), error=str(exc))
+            log.error(events.SPOOL_UNAVAILABLE, directory=str(self.directory), error=str(exc))
             return False
         self._lock_fd, self.slot_dir = fd, slot_dir
         existing = segments(slot_dir)
         self._active_seq = int(existing[-1].stem) + 1 if existing else 1
         self.records, self.bytes, self.oldest_epoch = scan_pending(existing)
-        log.info(
-            events.CALLBACK_SPOOL_OPENED, directory=str(slot_dir), pendingRecords=self.records, pendingBytes=self.bytes
-        )
+        log.info(events.SPOOL_OPENED, directory=str(slot_dir), pendingRecords=self.records, pendingBytes=self.bytes)
         return True
 
     def close(self) -> None:

@@ -285,12 +285,12 @@ class CallbackService:
             )
             self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
             outcome = "accepted"
-        log.info(events.CALLBACK_SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
+        log.info(events.SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
         metrics.CALLBACKS_REPLAYED.labels(outcome).inc()
         return outcome
 
     def _discard(self, task_id: str, reason: str) -> str:
-        log.warning(events.CALLBACK_SPOOL_DISCARDED, taskId=task_id, reason=reason)
+        log.warning(events.SPOOL_DISCARDED, taskId=task_id, reason=reason)
         metrics.CALLBACKS_DISCARDED.labels(reason).inc()
         return reason
 

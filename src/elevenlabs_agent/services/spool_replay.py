@@ -80,9 +80,7 @@ class SpoolReplayer:
             except (RedisError, OSError, TimeoutError) as exc:
                 # Once per interruption, not on every retry (a cluster master can stay down a while).
                 if not self._paused:
-                    log.warning(
-                        events.CALLBACK_SPOOL_REPLAY_PAUSED, error=type(exc).__name__, pending=self.journal.records
-                    )
+                    log.warning(events.SPOOL_REPLAY_PAUSED, error=type(exc).__name__, pending=self.journal.records)
                 self._paused = True
             self.update_gauges()
             await asyncio.sleep(self.interval)
@@ -125,7 +123,7 @@ class SpoolReplayer:
         if replayed or stats.skipped:
             elapsed = time.monotonic() - started
             log.info(
-                events.CALLBACK_SPOOL_DRAINED,
+                events.SPOOL_DRAINED,
                 records=replayed,
                 outcomes=stats.outcomes,
                 skippedTorn=stats.skipped,
@@ -157,7 +155,7 @@ class SpoolReplayer:
     def _skip(self, line: JournalLine, stats: ReplayStats) -> None:
         stats.skipped += 1
         log.warning(
-            events.CALLBACK_SPOOL_RECORD_SKIPPED,
+            events.SPOOL_RECORD_SKIPPED,
             segment=str(line.segment),
             offset=line.offset,
             bytes=line.end - line.offset,
