@@ -453,3 +453,28 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
             assert code == 0 and "nothing to replay" in out, (out, err)
     finally:
         procs.kill_all()
+
+
+async def test_workers_each_journal_to_their_own_slot_and_replay_it(
+    tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
+) -> None:
+    runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")
+    procs = ServeProcesses(
+        tmp_path, WEBHOOK_SECRET=WEBHOOK_SECRET, CURSOR_RUNNER_SECRET=RUNNER_SECRET, LOG_LEVEL="info", WORKERS="2"
+    )
+    try:
+        async with LocalServer(runner.app()) as runner_server:
+            service, tasks = await spool_in_a_process(procs, runner, runner_server.url, own_redis, "conv-workers", 40)
+            spool_dir = tmp_path / f"spool-{service.port}"
+            opened = [r for r in service.records() if r["event"] == "spool.opened"]
+            assert len({r["directory"] for r in opened}) == 2, opened  # one slot per worker
+            assert len(journal_lines(spool_dir)) == 40
+            await asyncio.to_thread(own_redis.start)
+
+            async def all_recorded() -> bool:
+                return all([await direct.hget(f"cursor_task:{t}", "recordedAt") for t in tasks])
+
+            assert await poll(all_recorded, 30), service.output()[-3000:]
+            assert await poll(lambda: asyncio.sleep(0, journal_lines(spool_dir) == []), 5)
+    finally:
+        procs.kill_all()
