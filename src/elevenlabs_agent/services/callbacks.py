@@ -10,14 +10,16 @@ import hmac
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterError, OutOfMemoryError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
-from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
+from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
 from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
@@ -39,9 +41,19 @@ _RESULT_FIELDS = (
 )
 
 log = get_logger()
-# Redis could not be reached or could not answer in time (refused, reset, timeout, cluster down, a
-# failover in progress): what sends a callback to the spool instead of a 503.
-SPOOLED_ERRORS = (RedisError, OSError, TimeoutError)
+# Redis could not be reached or could not take the write now (refused, reset, timeout, cluster or a
+# slot's master down, a failover in progress, out of memory): what sends a callback to the spool
+# instead of a 503, and what pauses its replay. Any other Redis error is not cured by waiting.
+REDIS_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,7 @@ class CallbackService:
         now = now_iso()
         try:
             return await self._store(callback, token_hash, shared_ok, now)
-        except SPOOLED_ERRORS as exc:
+        except REDIS_UNREACHABLE as exc:
             if self.journal is None:
                 raise
             # Redis cannot record it now: make it durable locally instead (replayed by SpoolReplayer).
@@ -143,7 +155,10 @@ class CallbackService:
         except SpoolRefused as refused:
             log.error(events.CALLBACK_SPOOL_REFUSED, taskId=record.task_id, reason=refused.reason)
             metrics.CALLBACKS_SPOOL_REFUSED.labels(refused.reason).inc()
-            raise cause from None
+            # The 503 of a Redis outage without the spool (a Redis error keeps its redis.unavailable line).
+            if isinstance(cause, RedisError):
+                raise cause from None
+            raise Unavailable("storage (Redis) is unavailable", message=speech.STORAGE_DOWN) from None
         log.warning(events.CALLBACK_SPOOLED, taskId=record.task_id, error=type(cause).__name__)
         metrics.CALLBACKS_SPOOLED.inc()
         metrics.CALLBACKS.labels("spooled").inc()
@@ -250,6 +265,19 @@ class CallbackService:
             return self._discard(task_id, "invalid")
         if callback.request_id != task_id:
             return self._discard(task_id, "invalid")
+        try:
+            return await self._replay(spooled, callback)
+        except REDIS_UNREACHABLE:
+            raise
+        except RedisError as exc:
+            # Redis answered with an error that waiting does not cure (the task key holds something
+            # else, a script error): the direct path would have failed the same way. Logged, dropped.
+            log.warning(events.SPOOL_DISCARDED, taskId=task_id, reason="redis_error", error=type(exc).__name__)
+            metrics.CALLBACKS_DISCARDED.labels("redis_error").inc()
+            return "redis_error"
+
+    async def _replay(self, spooled: SpooledCallback, callback: CallbackBody) -> str:
+        task_id = spooled.task_id
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
         done = await self.tasks.complete(

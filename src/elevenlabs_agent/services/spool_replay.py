@@ -77,7 +77,7 @@ class SpoolReplayer:
                 if await self._has_work() and await self.redis_up():
                     await self.replay()
                     self._paused = False
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:  # REDIS_UNREACHABLE, and disk trouble
                 # Once per interruption, not on every retry (a cluster master can stay down a while).
                 if not self._paused:
                     log.warning(events.SPOOL_REPLAY_PAUSED, error=type(exc).__name__, pending=self.journal.records)
