@@ -1,7 +1,9 @@
 """cursor-runner's completion callback: authenticate, persist, acknowledge, then deliver.
 
 cursor-runner sends each callback once and never retries, so everything needed to deliver the
-result later is written before we answer 200, and nothing slow happens before that answer.
+result later is written before we answer 200, and nothing slow happens before that answer. While
+Redis cannot take it, "written" means fsynced into the local spool (spool.py); `replay` records it
+later through the same steps.
 """
 
 from __future__ import annotations
