@@ -217,6 +217,44 @@ async def test_unwritable_spool_directory_is_a_503(
     await voice.close()
 
 
+async def test_disk_full_is_a_503_with_nothing_kept(
+    make_stack: StackFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    logs = io.StringIO()
+    with contextlib.redirect_stdout(logs):
+        stack = await make_stack(redis_url=own_redis.url, redis_timeout_seconds=1.0)
+    _, eleven_id, voice = await stack.live_conversation(push=False)
+    [(task_id, url, secret)] = await start_tasks(stack, eleven_id, 1)
+    # The segment the next append opens is /dev/full: every write(2) to it fails with ENOSPC.
+    [slot] = slot_dirs(tmp_path / "spool")
+    segment = slot / f"{1:012d}.jsonl"
+    segment.symlink_to("/dev/full")
+    own_redis.kill()
+    try:
+        response = await post(stack, url, secret, callback_body("completion", task_id))
+    finally:
+        segment.unlink()
+    assert response.status_code == 503 and response.json()["error"] == "storage (Redis) is unavailable", response.text
+    health = (await stack.http.get("/health")).json()
+    assert health["callbackSpool"]["records"] == 0, health
+    text = (await stack.http.get("/metrics")).text
+    assert metric(text, "elevenlabs_agent_callbacks_spool_refused_total", reason="write_failed") >= 1
+    records = [orjson.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+    failed = [r for r in records if r["event"] == "callback.spool_write_failed"]
+    assert failed and "No space left on device" in failed[0]["error"], failed
+    # Space again: the next callback goes to a new segment, and is replayed once Redis is back.
+    response = await post(stack, url, secret, callback_body("completion", task_id))
+    assert response.status_code == 200 and response.json()["status"] == "accepted", response.text
+    assert [line.record.task_id for line in journal_lines(tmp_path / "spool") if line.record] == [task_id]
+    await asyncio.to_thread(own_redis.start)
+
+    async def recorded() -> bool:
+        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
+
+    assert await poll(recorded, 10)
+    await voice.close()
+
+
 # --- processes: the service SIGKILLed while holding spooled callbacks --------------------------------
 
 

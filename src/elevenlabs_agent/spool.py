@@ -269,6 +269,11 @@ class Journal:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, start)
                     os.fsync(self._fd)
+                # The next append starts a new segment rather than trusting this file again.
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+                self._active_seq += 1
                 raise
 
     async def seal(self) -> list[Path]:
