@@ -375,6 +375,7 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_re
                 "acknowledged results delivered and confirmed": len(acknowledged) - len(undelivered | set(unconfirmed)),
                 "confirmed but task still says delivery=pending": len(task_field_stale),
                 "received more than once (context ids)": sum(1 for n in received.values() if n > 1),
+                "... of them spooled results": sum(1 for t in spooled_ids if received[t] > 1),
                 "SSE reconnects": sum(b.connects for b in browsers) - len(browsers),
                 "SSE/ack refusals (status: count)": dict(Counter(r.status for r in refusals)),
             }
