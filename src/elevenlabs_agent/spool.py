@@ -184,7 +184,9 @@ class Journal:
         self._fd: int | None = None
         self._active_seq = 0
         self._write_lock = asyncio.Lock()
-        # Held by the write (in a thread) and by `seal`: a seal never lands between write and fsync.
+        # Held by the write (in a thread) and by `seal`. The asyncio lock alone is not enough: a request
+        # cancelled while its write runs in the thread releases it, and a seal must still not land
+        # between that write and its fsync.
         self._file_lock = threading.Lock()
         self.records = 0  # pending in this slot
         self.bytes = 0
