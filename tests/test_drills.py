@@ -330,7 +330,7 @@ async def test_drill_1_redis_unavailable(
             (health.status_code, health.text),
         )
 
-        # Every webhook answers 503 at once, with a speakable message; callbacks fail with 503.
+        # Every webhook answers 503 at once, with a speakable message; callbacks are spooled (200).
         failed_requests = 0
         for what, send in (
             ("code tool webhook", lambda: stack.call_tool({"conversation_id": eleven_id, "prompt": "during"})),
@@ -358,8 +358,22 @@ async def test_drill_1_redis_unavailable(
         drill.say(f"webhook with Redis down: HTTP 503 with message {body.get('message')!r}")
 
         callback = await post_callback(stack, open_url, open_secret, callback_body("completion", task_open))
-        failed_requests += callback.status_code == 503
-        drill.check(callback.status_code == 503, "callbacks fail with 503", (callback.status_code, callback.text))
+        drill.check(
+            callback.status_code == 200 and callback.json().get("status") == "accepted",
+            'Callbacks answer 200 `{"success":true,"status":"accepted"}`',
+            (callback.status_code, callback.text),
+        )
+        await drill.expect_event(
+            events.CALLBACK_SPOOLED, "each is written to the ... callback spool (`callback.spooled`", cursor
+        )
+        spool = (await stack.http.get("/health")).json().get("callbackSpool") or {}
+        drill.check(spool.get("records") == 1, '`"callbackSpool"` in `/health` growing', spool)
+        code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+        drill.check(
+            code == 0 and orjson.loads(out or "{}").get("records") == 1,
+            "`elevenlabs-agent spool status` ... lists each slot, ... its records",
+            (code, out, err),
+        )
 
         await drill.expect_event(events.REDIS_UNAVAILABLE, "log events `redis.unavailable`", cursor)
         unavailable = [
@@ -401,9 +415,15 @@ async def test_drill_1_redis_unavailable(
         drill.check(
             m1.get("elevenlabs_agent_http_requests_total", route="/callback", method="POST", status="503")
             - m0.get("elevenlabs_agent_http_requests_total", route="/callback", method="POST", status="503")
-            == 1,
-            'elevenlabs_agent_http_requests_total{route="/callback",status=~"5.."} (ElevenLabsAgentCallbackErrors)',
-            "no /callback 503 counted",
+            == 0,
+            "**no result is lost**: callbacks ... wait in the spool (no ElevenLabsAgentCallbackErrors)",
+            "a /callback 503 counted",
+        )
+        drill.check(
+            m1.get("elevenlabs_agent_callbacks_spooled_total") - m0.get("elevenlabs_agent_callbacks_spooled_total") == 1
+            and m1.get("elevenlabs_agent_callback_spool_records") == 1,
+            "`elevenlabs_agent_callbacks_spooled_total`, `elevenlabs_agent_callback_spool_records` ... growing",
+            (m1.get("elevenlabs_agent_callbacks_spooled_total"), m1.get("elevenlabs_agent_callback_spool_records")),
         )
 
         code, out, err = await cli("health", "--url", stack.service.url)
@@ -431,6 +451,14 @@ async def test_drill_1_redis_unavailable(
         back = await poll(ready_200, 10)
         assert back is not None, "/ready did not turn 200 after Redis came back"
         drill.mark("/ready 200 again (recovered)")
+        # The spooled callback is recorded and delivered by itself.
+        if await drill.expect_event(
+            events.SPOOL_REPLAYED, "recorded ... (then `spool.replayed`", cursor, taskId=task_open
+        ):
+            drill.mark("spooled callback replayed")
+        spooled_delivered = await wait_delivered(stack, eleven_id, task_open)
+        if drill.check(spooled_delivered is not None, "recorded and delivered within a second or so", "not delivered"):
+            drill.mark("spooled result delivered")
         drill.say(f"Redis started; /ready 200 {time.monotonic() - began:.3f} s after redis-server was started")
     finally:
         if not redis_server.running:
@@ -459,17 +487,22 @@ async def test_drill_1_redis_unavailable(
     drill.mark("tool call + callback delivered again")
     assert await stack.task(task_done) == before_task_done
     after_open = await stack.task(task_open)
-    assert after_open == before_task_open, "the task whose callback failed during the outage changed"
+    assert after_open["status"] == "completed" and after_open.get("recordedAt"), after_open
     conversation = await stack.redis.hgetall(f"elevenlabs:conversation:{conversation_id}")
-    assert all(conversation.get(k) == v for k, v in before_conversation.items() if k.startswith("msg:")), (
-        "conversation messages written before the outage changed"
-    )
-    assert context_ids(stack, eleven_id) == [task_done, task_after]
+    # Only the spooled task's pending tool message changed: its result replaced it.
+    open_message = before_conversation[f"task:{task_open}"]
+    assert orjson.loads(conversation[open_message])["status"] == "completed"
+    assert all(
+        conversation.get(k) == v for k, v in before_conversation.items() if k.startswith("msg:") and k != open_message
+    ), "conversation messages written before the outage changed"
+    assert sorted(context_ids(stack, eleven_id)) == sorted([task_done, task_open, task_after])
+    code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+    drill.check(code == 0 and orjson.loads(out)["records"] == 0, "spool drained: `spool status`", (code, out))
     # The webhooks refused with 503 created nothing.
     assert await count_keys(stack, "cursor_task:*") == 3
     drill.say(
-        f"after recovery: task {task_open[:8]} still pending (its callback got 503 during the outage: "
-        "lost, as the runbook's Impact says)"
+        f"after recovery: task {task_open[:8]} completed and delivered (its callback arrived during the "
+        "outage, was spooled and replayed: nothing lost, as the runbook's Impact says)"
     )
     await voice.close()
     drill.finish()
@@ -1195,6 +1228,25 @@ async def test_drill_5_callback_failures(
         response.status_code == 200 and response.json().get("status") == "completed",
         "set `CALLBACK_ACCEPT_WEBHOOK_SECRET=true` with that secret as `WEBHOOK_SECRET`",
         response.text,
+    )
+
+    # The spool cannot take a callback while Redis is unreachable (here: full at once): 503, logged.
+    full_stack = await drill.stack(make_stack, redis_url="redis://127.0.0.1:1", callback_spool_max_bytes=1)
+    cursor = drill.count()
+    response = await post_callback(full_stack, "/callback", "some-secret", callback_body("completion", "task-x"))
+    drill.check(
+        response.status_code == 503 and response.json().get("error") == "storage (Redis) is unavailable",
+        "`callback.spool_refused` (503: Redis was unreachable and the spool could not take it",
+        (response.status_code, response.text),
+    )
+    await drill.expect_event(
+        events.CALLBACK_SPOOL_REFUSED, "`callback.spool_refused` ... `reason` `full`", cursor, reason="full"
+    )
+    m_full = await scrape(full_stack)
+    drill.check(
+        m_full.get("elevenlabs_agent_callbacks_spool_refused_total", reason="full") >= 1,
+        "`elevenlabs_agent_callbacks_spool_refused_total{reason}` ... refused ones got 503",
+        m_full.get("elevenlabs_agent_callbacks_spool_refused_total", reason="full"),
     )
     await voice.close()
     drill.finish()

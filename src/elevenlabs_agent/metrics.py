@@ -87,6 +87,31 @@ KEYSPACE_SCAN_TIMESTAMP = Gauge(
     multiprocess_mode="livemax",
 )
 
+# callback spool (issue 13): callbacks journaled locally while Redis could not record them
+CALLBACKS_SPOOLED = Counter(PREFIX + "callbacks_spooled", "Callbacks written to the local spool (Redis unreachable)")
+CALLBACKS_SPOOL_REFUSED = Counter(
+    PREFIX + "callbacks_spool_refused", "Callbacks the spool could not take (answered 503)", ["reason"]
+)
+CALLBACKS_REPLAYED = Counter(
+    PREFIX + "callbacks_replayed", "Spooled callbacks replayed into Redis by outcome", ["outcome"]
+)
+CALLBACKS_DISCARDED = Counter(
+    PREFIX + "callbacks_discarded",
+    "Spooled callbacks dropped at replay (forged secret, unknown task, invalid or torn record)",
+    ["reason"],
+)
+CALLBACK_SPOOL_RECORDS = Gauge(
+    PREFIX + "callback_spool_records", "Callbacks waiting in the local spool", multiprocess_mode="livesum"
+)
+CALLBACK_SPOOL_BYTES = Gauge(
+    PREFIX + "callback_spool_bytes", "Bytes of spool journal waiting to be replayed", multiprocess_mode="livesum"
+)
+CALLBACK_SPOOL_OLDEST_AGE = Gauge(
+    PREFIX + "callback_spool_oldest_age_seconds",
+    "Age of the oldest callback waiting in the local spool (0 when empty)",
+    multiprocess_mode="livemax",
+)
+
 
 def exposition() -> bytes:
     """The text format for /metrics: this process's registry, or every worker's values combined."""

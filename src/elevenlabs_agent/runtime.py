@@ -25,6 +25,7 @@ from elevenlabs_agent.services.live import LiveUpdates
 from elevenlabs_agent.services.signed_urls import SignedUrlService
 from elevenlabs_agent.services.tools import ToolService
 from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.spool import Journal
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
@@ -75,6 +76,7 @@ class Runtime:
     conversations: ConversationService
     signed_urls: SignedUrlService
     live: LiveUpdates
+    journal: Journal | None = None
     draining: bool = False
     # When set (monotonic time), in-flight work must be done by then: SHUTDOWN_TIMEOUT_SECONDS
     # bounds requests and deliveries together, not each on its own.
@@ -106,6 +108,8 @@ class Runtime:
         shared = None
         if s.callback_accept_webhook_secret and s.webhook_secret is not None:
             shared = s.webhook_secret.get_secret_value() or None
+        # CALLBACK_SPOOL_MAX_BYTES=0 turns the spool off: callbacks get a 503 while Redis is down.
+        journal = Journal(s.spool_directory, s.callback_spool_max_bytes) if s.callback_spool_max_bytes else None
         return cls(
             settings=s,
             redis=redis,
@@ -114,11 +118,12 @@ class Runtime:
             elevenlabs=elevenlabs,
             delivery=delivery,
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
-            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
+            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared, journal),
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(elevenlabs, s.elevenlabs_agent_id, s.signed_url_agent_ids),
             # One subscription per instance on the connection pool that already allows long waits.
             live=LiveUpdates(conversations, blocking_redis),
+            journal=journal,
         )
 
     def time_left(self, default: float) -> float:
@@ -147,3 +152,5 @@ class Runtime:
             await self.elevenlabs.aclose()
         await self.blocking_redis.aclose()
         await self.redis.aclose()
+        if self.journal is not None:
+            self.journal.close()

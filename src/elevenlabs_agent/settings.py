@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     # auto: structlog's coloured console lines on a terminal, JSON lines otherwise (files, collectors).
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # Callbacks that arrive while Redis cannot record them are journaled here and replayed later
+    # (spool.py). Unset: `spool/` under the embedded data directory. Must be a persistent disk.
+    callback_spool_dir: str | None = None
+    callback_spool_max_bytes: int = Field(256 * 1_048_576, ge=0)
+
     @field_validator("cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
         """Every configured secret, for the log redactor."""
         secrets = (self.webhook_secret, self.elevenlabs_api_key, self.cursor_runner_secret)
         return tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
+
+    @property
+    def spool_directory(self) -> Path:
+        return Path(self.callback_spool_dir or Path(self.embedded_redis_dir) / "spool").resolve()
 
     @property
     def webhook_configured(self) -> bool:

@@ -18,6 +18,7 @@ from elevenlabs_agent.http.routes import ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.services.housekeeping import Housekeeper
+from elevenlabs_agent.services.spool_replay import SpoolReplayer
 from elevenlabs_agent.settings import Settings
 
 log = get_logger()
@@ -28,6 +29,13 @@ HOT_PATHS = frozenset({"/agent-tools", "/callback", "/health", "/ready"})
 def create_app(settings: Settings, redis_url: str) -> Starlette:
     runtime = Runtime.build(settings, redis_url)
     housekeeper = Housekeeper(runtime, settings.housekeeping_interval_seconds, settings.housekeeping_max_keys)
+    replayer = None
+    if runtime.journal is not None:
+
+        async def redis_up() -> bool:
+            return (await runtime.redis_ping())[0]
+
+        replayer = SpoolReplayer(runtime.journal, runtime.callbacks, redis_up)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -38,11 +46,17 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         )
         housekeeper.start()
         runtime.live.start()
+        if replayer is not None:
+            # What a previous process left is replayed as soon as Redis answers.
+            replayer.journal.open()
+            replayer.start()
         try:
             yield
         finally:
             try:
                 await housekeeper.stop()
+                if replayer is not None:
+                    await replayer.stop()
                 runtime.start_draining()
                 await runtime.live.close_all(timeout=1.0)
                 await runtime.live.stop()

@@ -85,6 +85,17 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                 "version": string,
                 "redis": {"enum": ["connected", "disconnected"]},
                 "draining": {"type": "boolean"},
+                "callbackSpool": {
+                    "type": ["object", "null"],
+                    "description": "Callbacks spooled locally while Redis was down, not yet replayed (null: spool off)",
+                    "properties": {
+                        "records": {"type": "integer", "minimum": 0},
+                        "bytes": {"type": "integer", "minimum": 0},
+                        "oldestAgeSeconds": {"type": "number", "minimum": 0},
+                        "maxBytes": {"type": "integer", "minimum": 0},
+                        "writable": {"type": "boolean"},
+                    },
+                },
                 "uptimeSeconds": {"type": "number", "minimum": 0},
                 "timestamp": timestamp,
             },
@@ -104,7 +115,7 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                             "type": "object",
                             "required": ["status"],
                             "properties": {
-                                "status": {"enum": ["pass", "fail"]},
+                                "status": {"enum": ["pass", "fail", "warn"]},
                                 "observedValue": {"type": ["number", "boolean"]},
                                 "observedUnit": string,
                                 "time": timestamp,
@@ -259,7 +270,11 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
             "properties": {
                 "success": {"const": True},
                 "requestId": string,
-                "status": {"enum": ["completed", "failed", "pending"]},
+                "status": {
+                    "enum": ["completed", "failed", "pending", "accepted"],
+                    "description": "accepted: Redis was unreachable; the callback is in the local spool "
+                    "(fsynced) and is recorded when Redis answers again",
+                },
                 "duplicate": {"const": True},
                 "note": string,
             },

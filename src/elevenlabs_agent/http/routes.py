@@ -75,6 +75,8 @@ async def health(request: Request) -> Response:
             "version": __version__,
             "redis": "connected" if ok else "disconnected",
             "draining": rt.draining,
+            # Callbacks made durable locally while Redis was down, waiting to be replayed (null: off).
+            "callbackSpool": rt.journal.summary() if rt.journal is not None else None,
             "uptimeSeconds": round(time.time() - rt.started_at, 1),
             "timestamp": now_iso(),
         }
@@ -98,9 +100,27 @@ async def ready(request: Request) -> Response:
                 }
             ],
             "service:draining": [{"status": "fail" if rt.draining else "pass", "observedValue": rt.draining}],
+            **_spool_check(rt),
         },
     }
     return Response(orjson.dumps(body), status_code=200 if passing else 503, media_type="application/health+json")
+
+
+def _spool_check(rt: Runtime) -> dict[str, Any]:
+    """Spooled callbacks do not make the instance unready (it still takes callbacks): a warning."""
+    if rt.journal is None:
+        return {}
+    spool = rt.journal.summary()
+    return {
+        "callbackSpool:records": [
+            {
+                "status": "warn" if spool["records"] or not spool["writable"] else "pass",
+                "observedValue": spool["records"],
+                "oldestAgeSeconds": spool["oldestAgeSeconds"],
+                "writable": spool["writable"],
+            }
+        ]
+    }
 
 
 async def metrics_endpoint(request: Request) -> Response:
