@@ -157,6 +157,7 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
             "CURSOR_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
             "ELEVENLABS_AGENT_URL": s.target,
             "HOUSEKEEPING_INTERVAL_SECONDS": "3600",
+            "CALLBACK_SPOOL_DIR": str(Path(tmp.name) / "spool"),
         }
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(

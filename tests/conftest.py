@@ -160,7 +160,7 @@ StackFactory = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture
-async def make_stack(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIterator[StackFactory]:
+async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[StackFactory]:
     """Start a stack; keyword arguments override Settings fields (e.g. dispatch_timeout_seconds=0.5)."""
     async with contextlib.AsyncExitStack() as exits:
 
@@ -189,6 +189,8 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncI
                 "push_timeout_seconds": 2.0,
                 "sse_keepalive_seconds": 1.0,
                 "log_level": "debug",
+                # Each stack takes its own slot in it; never the repository's .elevenlabs-agent/.
+                "callback_spool_dir": str(tmp_path / "spool"),
             }
             fields.update(overrides)
             settings = Settings(**fields)

@@ -72,6 +72,8 @@ class ServeProcess:
             "ELEVENLABS_AGENT_ENABLED": "true",
             "ELEVENLABS_AGENT_URL": self.url,
             "SESSION_URL_HOSTS": "127.0.0.1",
+            # Per port: a restart on the same port (a new ServeProcess) finds what its predecessor spooled.
+            "CALLBACK_SPOOL_DIR": str(tmp / f"spool-{self.port}"),
         }
         self.env = clean_env(**{**defaults, **env})
         self.process: subprocess.Popen[bytes] | None = None

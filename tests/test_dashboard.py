@@ -40,6 +40,8 @@ REQUIRED_FAMILIES = {
     "elevenlabs_agent_active_sessions",
     "elevenlabs_agent_sse_subscribers",
     "elevenlabs_agent_dispatch_duration_seconds",
+    "elevenlabs_agent_websocket_subscribers",
+    "elevenlabs_agent_callback_spool_records",
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),

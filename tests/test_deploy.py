@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "ElevenLabsAgentStuckTasks": ("warning", "stuck-pending-tasks"),
     "ElevenLabsAgentHousekeepingStalled": ("warning", "housekeeping-stalled"),
     "ElevenLabsAgentSignedUrlErrors": ("warning", "elevenlabs-unreachable"),
+    "ElevenLabsAgentCallbacksSpooledWhileRedisUp": ("warning", "callback-failures"),
 }
 METRIC_NAME = re.compile(r"elevenlabs_agent_[a-z_]+")
 

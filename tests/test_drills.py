@@ -331,7 +331,7 @@ async def test_drill_1_redis_unavailable(
             (health.status_code, health.text),
         )
 
-        # Every webhook answers 503 at once, with a speakable message; callbacks fail with 503.
+        # Every webhook answers 503 at once, with a speakable message; callbacks are spooled (200).
         failed_requests = 0
         for what, send in (
             ("code tool webhook", lambda: stack.call_tool({"conversation_id": eleven_id, "prompt": "during"})),
@@ -359,8 +359,22 @@ async def test_drill_1_redis_unavailable(
         drill.say(f"webhook with Redis down: HTTP 503 with message {body.get('message')!r}")
 
         callback = await post_callback(stack, open_url, open_secret, callback_body("completion", task_open))
-        failed_requests += callback.status_code == 503
-        drill.check(callback.status_code == 503, "callbacks fail with 503", (callback.status_code, callback.text))
+        drill.check(
+            callback.status_code == 200 and callback.json().get("status") == "accepted",
+            'Callbacks answer 200 `{"success":true,"status":"accepted"}`',
+            (callback.status_code, callback.text),
+        )
+        await drill.expect_event(
+            events.CALLBACK_SPOOLED, "each is written to the ... callback spool (`callback.spooled`", cursor
+        )
+        spool = (await stack.http.get("/health")).json().get("callbackSpool") or {}
+        drill.check(spool.get("records") == 1, '`"callbackSpool"` in `/health` growing', spool)
+        code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+        drill.check(
+            code == 0 and orjson.loads(out or "{}").get("records") == 1,
+            "`elevenlabs-agent spool status` ... lists each slot, ... its records",
+            (code, out, err),
+        )
 
         await drill.expect_event(events.REDIS_UNAVAILABLE, "log events `redis.unavailable`", cursor)
         unavailable = [
@@ -402,9 +416,15 @@ async def test_drill_1_redis_unavailable(
         drill.check(
             m1.get("elevenlabs_agent_http_requests_total", route="/callback", method="POST", status="503")
             - m0.get("elevenlabs_agent_http_requests_total", route="/callback", method="POST", status="503")
-            == 1,
-            'elevenlabs_agent_http_requests_total{route="/callback",status=~"5.."} (ElevenLabsAgentCallbackErrors)',
-            "no /callback 503 counted",
+            == 0,
+            "**no result is lost**: callbacks ... wait in the spool (no ElevenLabsAgentCallbackErrors)",
+            "a /callback 503 counted",
+        )
+        drill.check(
+            m1.get("elevenlabs_agent_callbacks_spooled_total") - m0.get("elevenlabs_agent_callbacks_spooled_total") == 1
+            and m1.get("elevenlabs_agent_callback_spool_records") == 1,
+            "`elevenlabs_agent_callbacks_spooled_total`, `elevenlabs_agent_callback_spool_records` ... growing",
+            (m1.get("elevenlabs_agent_callbacks_spooled_total"), m1.get("elevenlabs_agent_callback_spool_records")),
         )
 
         code, out, err = await cli("health", "--url", stack.service.url)
@@ -432,6 +452,14 @@ async def test_drill_1_redis_unavailable(
         back = await poll(ready_200, 10)
         assert back is not None, "/ready did not turn 200 after Redis came back"
         drill.mark("/ready 200 again (recovered)")
+        # The spooled callback is recorded and delivered by itself.
+        if await drill.expect_event(
+            events.SPOOL_REPLAYED, "recorded ... (then `spool.replayed`", cursor, taskId=task_open
+        ):
+            drill.mark("spooled callback replayed")
+        spooled_delivered = await wait_delivered(stack, eleven_id, task_open)
+        if drill.check(spooled_delivered is not None, "recorded and delivered within a second or so", "not delivered"):
+            drill.mark("spooled result delivered")
         drill.say(f"Redis started; /ready 200 {time.monotonic() - began:.3f} s after redis-server was started")
     finally:
         if not redis_server.running:
@@ -460,17 +488,22 @@ async def test_drill_1_redis_unavailable(
     drill.mark("tool call + callback delivered again")
     assert await stack.task(task_done) == before_task_done
     after_open = await stack.task(task_open)
-    assert after_open == before_task_open, "the task whose callback failed during the outage changed"
+    assert after_open["status"] == "completed" and after_open.get("recordedAt"), after_open
     conversation = await stack.redis.hgetall(f"elevenlabs:conversation:{conversation_id}")
-    assert all(conversation.get(k) == v for k, v in before_conversation.items() if k.startswith("msg:")), (
-        "conversation messages written before the outage changed"
-    )
-    assert context_ids(stack, eleven_id) == [task_done, task_after]
+    # Only the spooled task's pending tool message changed: its result replaced it.
+    open_message = before_conversation[f"task:{task_open}"]
+    assert orjson.loads(conversation[open_message])["status"] == "completed"
+    assert all(
+        conversation.get(k) == v for k, v in before_conversation.items() if k.startswith("msg:") and k != open_message
+    ), "conversation messages written before the outage changed"
+    assert sorted(context_ids(stack, eleven_id)) == sorted([task_done, task_open, task_after])
+    code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+    drill.check(code == 0 and orjson.loads(out)["records"] == 0, "spool drained: `spool status`", (code, out))
     # The webhooks refused with 503 created nothing.
     assert await count_keys(stack, "cursor_task:*") == 3
     drill.say(
-        f"after recovery: task {task_open[:8]} still pending (its callback got 503 during the outage: "
-        "lost, as the runbook's Impact says)"
+        f"after recovery: task {task_open[:8]} completed and delivered (its callback arrived during the "
+        "outage, was spooled and replayed: nothing lost, as the runbook's Impact says)"
     )
     await voice.close()
     drill.finish()
@@ -613,8 +646,8 @@ async def test_drill_2a_cursor_runner_refuses_connections(drill: Drill, make_sta
     await expect_dispatch_failure(drill, stack, eleven_id, "unreachable", bound=2.0)
     health = await config_health(stack)
     drill.check(
-        health["dependencies"]["cursorRunner"]["status"] == "unreachable" and health["status"] == "degraded",
-        '`/config/health` shows `"cursorRunner":{"status":"unreachable"}`',
+        health["dependencies"]["cursorRunner"] == "disconnected" and health["status"] == "degraded",
+        '`/config/health` shows `"cursorRunner":"disconnected"`',
         health,
     )
     drill.check(health["_tookSeconds"] < 3, "/config/health: checking both dependencies (bounded time)", health)
@@ -624,7 +657,7 @@ async def test_drill_2a_cursor_runner_refuses_connections(drill: Drill, make_sta
     async with LocalServer(stack.runner.app(), port=port):
         drill.mark("cursor-runner listening again")
         health = await config_health(stack)
-        assert health["dependencies"]["cursorRunner"]["status"] == "reachable", health
+        assert health["dependencies"]["cursorRunner"] == "connected", health
         await expect_task_runs(drill, stack, eleven_id, "unreachable")
     assert await stack.redis.exists(session_key(conversation_id))
     await voice.close()
@@ -680,8 +713,8 @@ async def test_drill_2c_cursor_runner_rejects_our_secret(drill: Drill, make_stac
     await expect_dispatch_failure(drill, stack, eleven_id, "unauthorized", bound=2.0)
     health = await config_health(stack)
     drill.check(
-        health["dependencies"]["cursorRunner"]["status"] == "reachable",
-        "(any HTTP answer, 401 and 5xx included, counts as reachable there)",
+        health["dependencies"]["cursorRunner"] == "connected",
+        "(cursor-runner's own GET /health answers 2xx: `connected` there, whatever dispatches get)",
         health,
     )
     drill.say(f"/config/health with a wrong CURSOR_RUNNER_SECRET: {health['status']} {health['dependencies']}")
@@ -712,8 +745,8 @@ async def test_drill_2d_cursor_runner_answers_5xx(drill: Drill, make_stack: Stac
     await expect_dispatch_failure(drill, stack, eleven_id, "rejected", bound=2.0)
     health = await config_health(stack)
     drill.check(
-        health["dependencies"]["cursorRunner"]["status"] == "reachable",
-        "(any HTTP answer, 401 and 5xx included, counts as reachable there)",
+        health["dependencies"]["cursorRunner"] == "connected",
+        "(cursor-runner's own GET /health answers 2xx: `connected` there, whatever dispatches get)",
         health,
     )
     drill.say(f"/config/health while cursor-runner answers 500: {health['status']} {health['dependencies']}")
@@ -748,8 +781,8 @@ async def test_drill_2e_cursor_runner_black_hole(drill: Drill, make_stack: Stack
         await expect_dispatch_failure(drill, stack, eleven_id, "timeout", bound=timeout + 1.5)
         health = await config_health(stack)
         drill.check(
-            health["dependencies"]["cursorRunner"]["status"] == "unreachable" and health["status"] == "degraded",
-            '`/config/health` shows `"cursorRunner":{"status":"unreachable"}` when it refuses or hangs',
+            health["dependencies"]["cursorRunner"] == "disconnected" and health["status"] == "degraded",
+            '`/config/health` shows `"cursorRunner":"disconnected"` when it refuses or hangs',
             health,
         )
         drill.check(health["_tookSeconds"] < timeout + 1.5, "/config/health ... (bounded time)", health)
@@ -765,7 +798,7 @@ async def test_drill_2e_cursor_runner_black_hole(drill: Drill, make_stack: Stack
         drill.mark("cursor-runner answering on its address again")
 
         async def reachable() -> bool:
-            return (await config_health(stack))["dependencies"]["cursorRunner"]["status"] == "reachable"
+            return (await config_health(stack))["dependencies"]["cursorRunner"] == "connected"
 
         assert await poll(reachable, 5) is not None
         await expect_task_runs(drill, stack, eleven_id, "black hole")
@@ -1196,6 +1229,25 @@ async def test_drill_5_callback_failures(
         response.status_code == 200 and response.json().get("status") == "completed",
         "set `CALLBACK_ACCEPT_WEBHOOK_SECRET=true` with that secret as `WEBHOOK_SECRET`",
         response.text,
+    )
+
+    # The spool cannot take a callback while Redis is unreachable (here: full at once): 503, logged.
+    full_stack = await drill.stack(make_stack, redis_url="redis://127.0.0.1:1", callback_spool_max_bytes=1)
+    cursor = drill.count()
+    response = await post_callback(full_stack, "/callback", "some-secret", callback_body("completion", "task-x"))
+    drill.check(
+        response.status_code == 503 and response.json().get("error") == "storage (Redis) is unavailable",
+        "`callback.spool_refused` (503: Redis was unreachable and the spool could not take it",
+        (response.status_code, response.text),
+    )
+    await drill.expect_event(
+        events.CALLBACK_SPOOL_REFUSED, "`callback.spool_refused` ... `reason` `full`", cursor, reason="full"
+    )
+    m_full = await scrape(full_stack)
+    drill.check(
+        m_full.get("elevenlabs_agent_callbacks_spool_refused_total", reason="full") >= 1,
+        "`elevenlabs_agent_callbacks_spool_refused_total{reason}` ... refused ones got 503",
+        m_full.get("elevenlabs_agent_callbacks_spool_refused_total", reason="full"),
     )
     await voice.close()
     drill.finish()

@@ -6,7 +6,8 @@ killed with SIGKILL, the loopback fakes in this test's event loop. Every loop is
 count; figures are printed (`pytest -s`).
 
 Durability decision: the service acknowledges a callback only after Redis answered the writes that
-store it, so no acknowledged result is lost when Redis crashes *if Redis fsyncs its AOF before it
+store it, or, while Redis cannot be reached, after the callback spool (issue 13) fsynced it; so no
+acknowledged result is lost when Redis crashes *if Redis fsyncs its AOF before it
 answers*: `appendfsync always`. With `everysec` (RedisServer's default, and Redis'), a write Redis has
 acknowledged can still be lost with the last second of AOF when Redis is killed while a background
 fsync is slow (it then postpones the write(2) of its AOF buffer by up to 2 s) or the host dies; the
@@ -214,7 +215,7 @@ class ReadyWatch:
 # --- a. Redis SIGKILLed and restarted under load ----------------------------------------------------
 
 
-async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_acknowledged_result(
+async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_result(
     tmp_path: Path, serve_procs: ServeProcesses
 ) -> None:
     conversations, outage_seconds = 4, 1.5
@@ -228,7 +229,10 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
     try:
         async with LocalServer(runner.app()) as runner_server:
             service = serve_procs.new(
-                REDIS_URL=redis_server.url, CURSOR_RUNNER_URL=runner_server.url, REDIS_TIMEOUT_SECONDS="1"
+                REDIS_URL=redis_server.url,
+                CURSOR_RUNNER_URL=runner_server.url,
+                REDIS_TIMEOUT_SECONDS="1",
+                LOG_LEVEL="info",
             )
             await service.start(path="/ready")
             pid = service.pid
@@ -253,12 +257,24 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
             assert not load.failures, load.failures[:5]
 
             killed_at = time.monotonic()
+            callbacks_before_kill = len(runner.callbacks)
             redis_server.kill()  # SIGKILL: no shutdown, no final AOF flush
             assert not redis_server.running
+            # Forged callbacks for real tasks arrive during the outage: spooled (Redis cannot check
+            # their secret now), then discarded at replay.
+            forged_for = [task_id for _, task_id in load.started[:5]]
+            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+                for task_id in forged_for:
+                    body = callback_body("completion", task_id)
+                    body["output"] = "FORGED"
+                    forged = await client.post("/callback", json=body, headers={"X-Cursor-Runner-Secret": "forged"})
+                    assert forged.status_code == 200 and forged.json()["status"] == "accepted", forged.text
             await asyncio.sleep(outage_seconds)  # load keeps coming
             unavailable_during_outage = load.unavailable
+            callbacks_during_outage = runner.callbacks[callbacks_before_kill:]
             restarted_at = time.monotonic()
             await asyncio.to_thread(redis_server.start)  # same port, same directory (its AOF)
+            redis_back_at = time.monotonic()
             assert await redis_config(redis_server.url, "appendfsync") == "always"
             async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
                 await wait_status(client, "/ready", 200, 10)
@@ -304,6 +320,13 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
                 undelivered: set[str] = set()
                 for browser in browsers:
                     undelivered |= await browser.wait_for(by_conversation[browser.conversation_id], timeout=15)
+                last_delivery_after = time.monotonic() - redis_back_at
+                spooled_ids = [
+                    a["requestId"] for s, a in runner.callbacks if s == 200 and a.get("status") == "accepted"
+                ]
+                forged_stored = [
+                    t for t in forged_for if "FORGED" in ((await direct.hget(f"cursor_task:{t}", "result")) or "")
+                ]
                 # Confirmed: no longer pending in the outbox (the browser's acknowledgement removed it).
                 async with direct.pipeline(transaction=False) as pipe:
                     for task_id in acknowledged:
@@ -321,6 +344,11 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
             received = Counter[str]()
             for browser in browsers:
                 received.update(browser.received)
+            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+                metrics_after = await scrape(client)
+            drained = [r for r in service.records() if r["event"] == "spool.drained"]
+            replayed = sum(r["records"] for r in drained)
+            replay_seconds = sum(r["seconds"] for r in drained)
             refusals = [r for b in browsers for r in b.refusals]
             figures = {
                 "webhooks sent": load.sent,
@@ -334,21 +362,36 @@ async def test_redis_sigkill_under_load_recovers_without_restart_and_loses_no_ac
                 "callbacks sent": len(runner.callbacks),
                 "callbacks 200": len(acknowledged),
                 "callbacks refused (status: count)": dict(Counter(s for s, _ in refused)),
+                "callbacks sent during the outage": len(callbacks_during_outage),
+                "... answered 200": sum(1 for s, _ in callbacks_during_outage if s == 200),
+                "callbacks spooled (answered 200 accepted)": len(spooled_ids),
+                "forged callbacks sent / discarded at replay": (
+                    len(forged_for),
+                    metrics_after.get("elevenlabs_agent_callbacks_discarded_total", reason="forged"),
+                ),
+                "results lost": len(set(not_stored) | undelivered),
+                "replayed records / s (replay passes)": round(replayed / replay_seconds, 1) if replay_seconds else None,
+                "Redis back -> last delivery confirmed (s, upper bound)": round(last_delivery_after, 2),
                 "acknowledged results stored": len(acknowledged) - len(not_stored),
                 "acknowledged results delivered and confirmed": len(acknowledged) - len(undelivered | set(unconfirmed)),
                 "confirmed but task still says delivery=pending": len(task_field_stale),
                 "received more than once (context ids)": sum(1 for n in received.values() if n > 1),
+                "... of them spooled results": sum(1 for t in spooled_ids if received[t] > 1),
                 "SSE reconnects": sum(b.connects for b in browsers) - len(browsers),
                 "SSE/ack refusals (status: count)": dict(Counter(r.status for r in refusals)),
             }
             print(f"\nRedis SIGKILL under load (appendfsync always, {outage_seconds} s down): {figures}")
+            # The guarantee of the spool (issue 13): every callback is answered 200, none is lost.
 
             assert not load.failures, f"{len(load.failures)} failed webhooks: {load.failures[:10]}"
             assert unavailable_during_outage > 0, "no webhook saw the outage"
             assert watch.first(503, killed_at) is not None, "/ready never turned 503"
             assert not watch.bad_bodies, watch.bad_bodies[:5]
             assert len(load.started) > started_before_recovery, "no task started after the recovery"
-            assert all(s == 503 and a.get("success") is False for s, a in refused), refused[:5]
+            assert not refused, f"callbacks not answered 200: {refused[:5]}"
+            assert spooled_ids, "no callback arrived during the outage (nothing was spooled)"
+            assert not forged_stored, f"forged results stored: {forged_stored}"
+            assert metrics_after.get("elevenlabs_agent_callbacks_discarded_total", reason="forged") == len(forged_for)
             assert not lost_tasks, f"{len(lost_tasks)} started tasks lost by the crash: {lost_tasks[:5]}"
             assert not not_stored, f"acknowledged results not stored: {not_stored[:5]}"
             assert not undelivered, f"{len(undelivered)} acknowledged results never reached the browser"

@@ -280,7 +280,7 @@ async def seed(stack: Stack) -> World:
 
 def documented_key(key: str) -> bool:
     """Is `key` one of the families in stores.KEY_FAMILIES, with a valid id in it?"""
-    if key == conversations.INDEX_KEY:
+    if key in conversations.INDEX_KEYS:
         return True
     for prefix in (sessions.KEY_PREFIX, tasks.KEY_PREFIX, conversations.KEY_PREFIX, aliases.KEY_PREFIX):
         if key.startswith(prefix):
@@ -305,6 +305,8 @@ def test_documented_key_covers_every_family() -> None:
         "tasks": tasks.key("t1"),
         "conversations": conversations.key("c1"),
         "conversation_index": conversations.INDEX_KEY,
+        "conversation_index_last_accessed": conversations.ACCESSED_INDEX_KEY,
+        "conversation_index_message_count": conversations.COUNT_INDEX_KEY,
         "aliases": aliases.key("e1"),
         "event_streams": outbox.stream_key("c1"),
         "pending_results": outbox.pending_key("c1"),

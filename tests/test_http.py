@@ -143,8 +143,10 @@ async def test_config_health_ok_when_dependencies_answer(stack: Stack) -> None:
     body = response.json()
     assert body["service"] == "elevenlabs-agent"
     assert body["status"] == "ok"
-    assert body["dependencies"]["redis"]["status"] == "connected"
-    assert body["dependencies"]["cursorRunner"]["status"] == "reachable"
+    # SPEC §3.1: plain strings (the front end renders them as text); the detail is in `checks`.
+    assert body["dependencies"] == {"redis": "connected", "cursorRunner": "connected"}
+    assert body["checks"]["redis"]["status"] == "connected" and body["checks"]["redis"]["latencyMs"] >= 0
+    assert body["checks"]["cursorRunner"] == {"status": "connected", "detail": "HTTP 200"}
     assert body["timestamp"]
 
 
@@ -156,8 +158,8 @@ async def test_config_health_degraded_when_cursor_runner_is_down(make_stack: Sta
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded"
-    assert body["dependencies"]["redis"]["status"] == "connected"
-    assert body["dependencies"]["cursorRunner"]["status"] == "unreachable"
+    assert body["dependencies"] == {"redis": "connected", "cursorRunner": "disconnected"}
+    assert body["checks"]["cursorRunner"]["status"] == "disconnected"
 
 
 # --- signed URLs ----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ async def run_demo(timeout: float, echo: Callable[[str], Any] = print) -> bool:
         redis_server.start()
         step(f"redis-server started on 127.0.0.1:{redis_server.port} (AOF in {redis_server.directory})")
         try:
-            return await asyncio.wait_for(_round_trip(redis_server.url, step), timeout)
+            return await asyncio.wait_for(_round_trip(redis_server.url, Path(tmp) / "spool", step), timeout)
         except TimeoutError:
             step(f"FAILED: no result reached the conversation within {timeout:.0f} s")
             return False
@@ -52,7 +52,7 @@ async def run_demo(timeout: float, echo: Callable[[str], Any] = print) -> bool:
             step("redis-server stopped")
 
 
-async def _round_trip(redis_url: str, step: Callable[[str], None]) -> bool:
+async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], None]) -> bool:
     webhook_secret, runner_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     elevenlabs = FakeElevenLabs()
     runner = FakeCursorRunner(secret=runner_secret, callback_delay=0.5)
@@ -74,6 +74,7 @@ async def _round_trip(redis_url: str, step: Callable[[str], None]) -> bool:
             cursor_runner_secret=runner_secret,
             session_url_hosts=("127.0.0.1",),
             elevenlabs_agent_url=service.url,
+            callback_spool_dir=str(spool_dir),  # in the demo's temporary directory, not the working one
         )
         service.app = create_app(settings, redis_url)
         await stack.enter_async_context(service)

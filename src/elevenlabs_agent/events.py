@@ -60,3 +60,26 @@ SSE_DISCONNECTED: Final = "sse.disconnected"
 # signed url (us -> ElevenLabs)
 SIGNED_URL_ISSUED: Final = "signed_url.issued"
 SIGNED_URL_FAILED: Final = "signed_url.failed"
+
+# conversation listing indexes
+CONVERSATION_INDEX_REPAIRED: Final = "conversation.index_repaired"
+
+# live conversation updates (WebSocket, /agent-conversations/api/ws)
+WS_CONNECTED: Final = "ws.connected"
+WS_DISCONNECTED: Final = "ws.disconnected"
+WS_REJECTED: Final = "ws.rejected"
+WS_CLOSING_FOR_DRAIN: Final = "ws.closing_for_drain"
+LIVE_SUBSCRIPTION_LOST: Final = "live.subscription_lost"
+# callback spool (issue 13): callbacks made durable locally while Redis could not record them.
+# callback.* lines belong to a /callback request (requestId, taskId); spool.* lines come from the
+# spool itself and its background replay.
+CALLBACK_SPOOLED: Final = "callback.spooled"
+CALLBACK_SPOOL_REFUSED: Final = "callback.spool_refused"
+SPOOL_REPLAYED: Final = "spool.replayed"
+SPOOL_DISCARDED: Final = "spool.discarded"
+SPOOL_RECORD_SKIPPED: Final = "spool.record_skipped"
+SPOOL_OPENED: Final = "spool.opened"
+SPOOL_UNAVAILABLE: Final = "spool.unavailable"
+CALLBACK_SPOOL_WRITE_FAILED: Final = "callback.spool_write_failed"
+SPOOL_DRAINED: Final = "spool.drained"
+SPOOL_REPLAY_PAUSED: Final = "spool.replay_paused"

@@ -40,6 +40,24 @@ INFLIGHT_DELIVERIES = Gauge(
 SSE_SUBSCRIBERS = Gauge(
     PREFIX + "sse_subscribers", "Open SSE event streams on this instance", multiprocess_mode="livesum"
 )
+WEBSOCKET_SUBSCRIBERS = Gauge(
+    PREFIX + "websocket_subscribers",
+    "Open live-update WebSockets (/agent-conversations/api/ws) on this instance",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTIONS = Counter(
+    PREFIX + "websocket_connections",
+    "Live-update WebSocket handshakes by outcome (accepted, origin_rejected, disabled, invalid_id, "
+    "unknown_conversation, redis_unavailable)",
+    ["outcome"],
+)
+WEBSOCKET_FRAMES = Counter(
+    PREFIX + "websocket_frames", "Frames sent to live-update WebSockets by type (snapshot, updated, error)", ["type"]
+)
+WEBSOCKET_FRAMES_DROPPED = Counter(
+    PREFIX + "websocket_frames_dropped",
+    "Update frames a slow WebSocket client skipped (a newer frame with the whole conversation replaced them)",
+)
 
 # state of the service and of Redis (the keyspace gauges are refreshed by a bounded background scan)
 REDIS_UP = Gauge(PREFIX + "redis_up", "1 if Redis answered the last PING, else 0", multiprocess_mode="livemin")
@@ -72,6 +90,31 @@ KEYSPACE_SCAN_DURATION = Gauge(
 KEYSPACE_SCAN_TIMESTAMP = Gauge(
     PREFIX + "keyspace_scan_timestamp_seconds",
     "Unix time of the last successful keyspace gauge scan",
+    multiprocess_mode="livemax",
+)
+
+# callback spool (issue 13): callbacks journaled locally while Redis could not record them
+CALLBACKS_SPOOLED = Counter(PREFIX + "callbacks_spooled", "Callbacks written to the local spool (Redis unreachable)")
+CALLBACKS_SPOOL_REFUSED = Counter(
+    PREFIX + "callbacks_spool_refused", "Callbacks the spool could not take (answered 503)", ["reason"]
+)
+CALLBACKS_REPLAYED = Counter(
+    PREFIX + "callbacks_replayed", "Spooled callbacks replayed into Redis by outcome", ["outcome"]
+)
+CALLBACKS_DISCARDED = Counter(
+    PREFIX + "callbacks_discarded",
+    "Spooled callbacks dropped at replay (forged secret, unknown task, invalid or torn record)",
+    ["reason"],
+)
+CALLBACK_SPOOL_RECORDS = Gauge(
+    PREFIX + "callback_spool_records", "Callbacks waiting in the local spool", multiprocess_mode="livesum"
+)
+CALLBACK_SPOOL_BYTES = Gauge(
+    PREFIX + "callback_spool_bytes", "Bytes of spool journal waiting to be replayed", multiprocess_mode="livesum"
+)
+CALLBACK_SPOOL_OLDEST_AGE = Gauge(
+    PREFIX + "callback_spool_oldest_age_seconds",
+    "Age of the oldest callback waiting in the local spool (0 when empty)",
     multiprocess_mode="livemax",
 )
 

@@ -21,9 +21,11 @@ from elevenlabs_agent.redis_urls import is_single_node, open_cluster, open_senti
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.services.conversations import ConversationService
 from elevenlabs_agent.services.delivery import DeliveryService
+from elevenlabs_agent.services.live import LiveUpdates
 from elevenlabs_agent.services.signed_urls import SignedUrlService
 from elevenlabs_agent.services.tools import ToolService
 from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.spool import Journal
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
@@ -74,6 +76,8 @@ class Runtime:
     callbacks: CallbackService
     conversations: ConversationService
     signed_urls: SignedUrlService
+    live: LiveUpdates
+    journal: Journal | None = None
     draining: bool = False
     # When set (monotonic time), in-flight work must be done by then: SHUTDOWN_TIMEOUT_SECONDS
     # bounds requests and deliveries together, not each on its own.
@@ -99,10 +103,14 @@ class Runtime:
         aliases = AliasStore(redis, s.alias_ttl_seconds)
         conversations = ConversationStore(redis, s.max_messages_per_conversation)
         outbox = Outbox(redis, blocking_redis, s.outbox_ttl_seconds, s.outbox_stream_maxlen)
-        delivery = DeliveryService(outbox, sessions, tasks, s.push_timeout_seconds, s.sse_keepalive_seconds)
+        delivery = DeliveryService(
+            outbox, sessions, tasks, conversations, s.push_timeout_seconds, s.sse_keepalive_seconds
+        )
         shared = None
         if s.callback_accept_webhook_secret and s.webhook_secret is not None:
             shared = s.webhook_secret.get_secret_value() or None
+        # CALLBACK_SPOOL_MAX_BYTES=0 turns the spool off: callbacks get a 503 while Redis is down.
+        journal = Journal(s.spool_directory, s.callback_spool_max_bytes) if s.callback_spool_max_bytes else None
         return cls(
             settings=s,
             redis=redis,
@@ -111,7 +119,7 @@ class Runtime:
             elevenlabs=elevenlabs,
             delivery=delivery,
             tools=ToolService(tasks, conversations, sessions, aliases, cursor_runner, s.elevenlabs_agent_url),
-            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared),
+            callbacks=CallbackService(tasks, conversations, outbox, delivery, shared, journal),
             conversations=ConversationService(conversations, sessions, aliases, outbox, delivery, s.session_url_hosts),
             signed_urls=SignedUrlService(
                 elevenlabs,
@@ -120,6 +128,9 @@ class Runtime:
                 RateLimitStore(redis),
                 s.signed_url_rate_per_minute,
             ),
+            # One subscription per instance on the connection pool that already allows long waits.
+            live=LiveUpdates(conversations, blocking_redis),
+            journal=journal,
         )
 
     def time_left(self, default: float) -> float:
@@ -148,3 +159,5 @@ class Runtime:
             await self.elevenlabs.aclose()
         await self.blocking_redis.aclose()
         await self.redis.aclose()
+        if self.journal is not None:
+            self.journal.close()

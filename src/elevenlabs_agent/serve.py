@@ -24,6 +24,8 @@ from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.workers import Supervisor
 
 log = get_logger()
+# How long a drain waits for live-update sockets to send their close frames.
+WEBSOCKET_CLOSE_SECONDS = 2.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -72,6 +74,7 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = True
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self.runtime.delivery.close_streams)
+                self._loop.call_soon_threadsafe(self._close_websockets)
             return
         self._signalled = True
         self._loop.call_soon_threadsafe(self._start_drain, sig)
@@ -93,6 +96,14 @@ class DrainingServer(uvicorn.Server):
         # Open SSE streams would hold uvicorn's graceful shutdown until its timeout: end them now.
         self.runtime.delivery.close_streams()
         self.runtime.stop_deadline = time.monotonic() + self.shutdown_timeout
+        self._close_websockets().add_done_callback(self._exit)
+
+    def _close_websockets(self) -> asyncio.Task[None]:
+        """Close live-update sockets with 1001 (going away) before uvicorn's own shutdown would close
+        them with 1012; browsers reconnect, through the load balancer, to an instance still serving."""
+        return asyncio.ensure_future(self.runtime.live.close_all(timeout=WEBSOCKET_CLOSE_SECONDS))
+
+    def _exit(self, _: object = None) -> None:
         self.should_exit = True
 
 
@@ -197,4 +208,11 @@ def _config(app: object, settings: Settings, port: int, lifespan: str = "auto") 
         # The client address must be the TCP peer: browser authentication trusts identity headers
         # by the peer (TRUSTED_PROXY_CIDRS), and X-Forwarded-For would let any caller name one.
         proxy_headers=False,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_timeout_seconds,
+        # Clients only send small keep-alives; a larger frame is refused (close 1009).
+        ws_max_size=65_536,
+        # permessage-deflate keeps a zlib compressor and decompressor per socket (about 45 KiB, most
+        # of an idle socket's cost, bench/live_updates.py); updates are small and sent rarely.
+        ws_per_message_deflate=False,
     )

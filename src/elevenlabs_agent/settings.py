@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(5.0, gt=0, le=60)
     redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
     sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+    # Live-update WebSockets: a peer that does not answer a ping within the timeout is dropped.
+    ws_ping_interval_seconds: float = Field(20.0, gt=0, le=300)
+    ws_ping_timeout_seconds: float = Field(20.0, gt=0, le=300)
     drain_seconds: float = Field(5.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
@@ -81,6 +85,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # auto: structlog's coloured console lines on a terminal, JSON lines otherwise (files, collectors).
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    # Callbacks that arrive while Redis cannot record them are journaled here and replayed later
+    # (spool.py). Unset: `spool/` under the embedded data directory. Must be a persistent disk.
+    callback_spool_dir: str | None = None
+    callback_spool_max_bytes: int = Field(256 * 1_048_576, ge=0)
 
     @field_validator(
         "cors_allow_origins", "session_url_hosts", "signed_url_allowed_agent_ids", "trusted_proxy_cidrs", mode="before"
@@ -116,6 +125,10 @@ class Settings(BaseSettings):
         secrets = (self.webhook_secret, self.elevenlabs_api_key, self.cursor_runner_secret)
         configured = tuple(s.get_secret_value() for s in secrets if s is not None and s.get_secret_value())
         return configured + self.browser_tokens
+
+    @property
+    def spool_directory(self) -> Path:
+        return Path(self.callback_spool_dir or Path(self.embedded_redis_dir) / "spool").resolve()
 
     @property
     def webhook_configured(self) -> bool:

@@ -24,6 +24,12 @@ class DispatchResult:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Probe:
+    state: str  # "connected" | "unhealthy" | "disconnected"
+    detail: str
+
+
 class CursorRunnerClient:
     def __init__(self, base_url: str, secret: str | None, timeout: float) -> None:
         base = base_url.rstrip("/")
@@ -76,17 +82,18 @@ class CursorRunnerClient:
             return DispatchResult(False, "bad_response", status, "response did not say success: true")
         return DispatchResult(True, "accepted", status)
 
-    async def probe(self) -> tuple[bool, str]:
-        """Is cursor-runner reachable? Any HTTP answer counts; only transport errors do not."""
+    async def probe(self) -> Probe:
+        """GET /health: 2xx `connected`, any other HTTP answer `unhealthy`, no answer `disconnected`
+        (the web front end's three values, SPEC §3.1)."""
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._http().get(self.health_url) as response:
                     status = response.status
         except TimeoutError:
-            return False, "timeout"
+            return Probe("disconnected", "timeout")
         except (aiohttp.ClientError, OSError) as exc:
-            return False, type(exc).__name__
-        return True, f"HTTP {status}"
+            return Probe("disconnected", type(exc).__name__)
+        return Probe("connected" if 200 <= status < 300 else "unhealthy", f"HTTP {status}")
 
 
 def _error_text(status: int, raw: bytes) -> str:

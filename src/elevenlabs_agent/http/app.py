@@ -9,15 +9,17 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from elevenlabs_agent import events
 from elevenlabs_agent.http.access import BrowserAuth
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
 from elevenlabs_agent.http.middleware import EdgeMiddleware
-from elevenlabs_agent.http.routes import METRICS_ROUTES, ROUTES
+from elevenlabs_agent.http.routes import METRICS_ROUTE, METRICS_ROUTES, ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.services.housekeeping import Housekeeper
+from elevenlabs_agent.services.spool_replay import SpoolReplayer
 from elevenlabs_agent.settings import Settings
 
 log = get_logger()
@@ -28,6 +30,13 @@ HOT_PATHS = frozenset({"/agent-tools", "/callback", "/health", "/ready"})
 def create_app(settings: Settings, redis_url: str) -> Starlette:
     runtime = Runtime.build(settings, redis_url)
     housekeeper = Housekeeper(runtime, settings.housekeeping_interval_seconds, settings.housekeeping_max_keys)
+    replayer = None
+    if runtime.journal is not None:
+
+        async def redis_up() -> bool:
+            return (await runtime.redis_ping())[0]
+
+        replayer = SpoolReplayer(runtime.journal, runtime.callbacks, redis_up)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -40,12 +49,21 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         if settings.browser_auth == "none":
             log.warning(events.BROWSER_AUTH_DISABLED, note="BROWSER_AUTH=none: browser routes are open to anyone")
         housekeeper.start()
+        runtime.live.start()
+        if replayer is not None:
+            # What a previous process left is replayed as soon as Redis answers.
+            replayer.journal.open()
+            replayer.start()
         try:
             yield
         finally:
             try:
                 await housekeeper.stop()
+                if replayer is not None:
+                    await replayer.stop()
                 runtime.start_draining()
+                await runtime.live.close_all(timeout=1.0)
+                await runtime.live.stop()
                 log.info(events.SERVICE_STOPPING, inflightDeliveries=runtime.delivery.inflight)
                 finished = await runtime.delivery.drain(runtime.time_left(settings.shutdown_timeout_seconds))
             finally:
@@ -54,7 +72,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
 
     # With METRICS_PORT, /metrics is served only by the second listener (`create_metrics_app`).
-    routes = [r for r in ROUTES if settings.metrics_port is None or r.path != "/metrics"]
+    routes = [r for r in ROUTES if settings.metrics_port is None or r is not METRICS_ROUTE]
     browser_auth = BrowserAuth(settings)
     app = Starlette(
         routes=routes,
@@ -62,9 +80,10 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
             Middleware(
                 EdgeMiddleware,
                 enabled=settings.elevenlabs_agent_enabled,
-                hot_routes=[r for r in ROUTES if r.path in HOT_PATHS],
+                hot_routes=[r for r in ROUTES if isinstance(r, Route) and r.path in HOT_PATHS],
                 access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
                 browser_auth=browser_auth,
+                allowed_origins=settings.cors_allow_origins,
             ),
             Middleware(
                 CORSMiddleware,

@@ -23,6 +23,7 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.RateLimited: 429,
+    errors.UpgradeRequired: 426,
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }

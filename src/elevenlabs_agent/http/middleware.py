@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from elevenlabs_agent import events, metrics
@@ -45,22 +46,24 @@ class EdgeMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, enabled: bool, hot_routes: list[Route], access_log: bool, browser_auth: BrowserAuth
+        self,
+        app: ASGIApp,
+        enabled: bool,
+        hot_routes: list[Route],
+        access_log: bool,
+        browser_auth: BrowserAuth,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.hot = {(method, r.path): r for r in hot_routes for method in r.methods or ()}
         self.access_log = access_log
         self.browser_auth = browser_auth
+        self.allowed_origins = frozenset(allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            structlog.contextvars.clear_contextvars()
-            refusal = self._authenticate(scope)
-            if refusal is None:
-                await self.app(scope, receive, send)
-            else:
-                await _deny_websocket(scope, send, refusal)
+            await self._websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -105,6 +108,51 @@ class EdgeMiddleware:
                     durationMs=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same edge for WebSocket handshakes: request id, feature flag, counted like a request,
+        and the browser's Origin checked as CORS would (CORSMiddleware only sees HTTP). A refused
+        handshake is a close before accept, which the server answers with HTTP 403."""
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(requestId=request_id)
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if status == 500:
+                status = {"websocket.accept": 101, "websocket.http.response.start": message.get("status", 403)}.get(
+                    message["type"], 403
+                )
+            await send(message)
+
+        try:
+            origin = _header(scope, b"origin")
+            refused = None
+            if not self.enabled:
+                refused = "disabled"
+            elif origin is not None and not self._origin_allowed(origin, _header(scope, b"host")):
+                refused = "origin_rejected"
+            if refused is None:
+                if (refusal := self._authenticate(scope)) is not None:
+                    await _deny_websocket(scope, send_wrapper, refusal)
+                    return
+                await self.app(scope, receive, send_wrapper)
+                return
+            log.warning(events.WS_REJECTED, path=scope["path"], reason=refused, origin=origin)
+            metrics.WEBSOCKET_CONNECTIONS.labels(refused).inc()
+            await send_wrapper({"type": "websocket.close", "code": 1008})
+        finally:
+            route = scope.get("route")
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else "unmatched"
+            metrics.HTTP_REQUESTS.labels(template, "GET", str(status)).inc()
+            structlog.contextvars.clear_contextvars()
+
+    def _origin_allowed(self, origin: str, host: str | None) -> bool:
+        """An origin in CORS_ALLOW_ORIGINS (or `*` there), or the page's own origin (same host)."""
+        if "*" in self.allowed_origins or origin in self.allowed_origins:
+            return True
+        return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
     def _authenticate(self, scope: Scope) -> Refusal | None:
         """None when the request may go on (and then its identity is in `scope["state"]`)."""

@@ -62,7 +62,7 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
             "(starting with a letter or digit). Anything else is a 400.",
         },
         "ConversationId": {
-            "description": "An Id other than the route names `list` and `new` (no conversation can have them).",
+            "description": "An Id other than the route names `list`, `new` and `ws` (no conversation can have them).",
             "allOf": [_ref("Id"), {"not": {"enum": sorted(conversations.RESERVED_CONVERSATION_IDS)}}],
         },
         "Error": {
@@ -86,6 +86,17 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                 "version": string,
                 "redis": {"enum": ["connected", "disconnected"]},
                 "draining": {"type": "boolean"},
+                "callbackSpool": {
+                    "type": ["object", "null"],
+                    "description": "Callbacks spooled locally while Redis was down, not yet replayed (null: spool off)",
+                    "properties": {
+                        "records": {"type": "integer", "minimum": 0},
+                        "bytes": {"type": "integer", "minimum": 0},
+                        "oldestAgeSeconds": {"type": "number", "minimum": 0},
+                        "maxBytes": {"type": "integer", "minimum": 0},
+                        "writable": {"type": "boolean"},
+                    },
+                },
                 "uptimeSeconds": {"type": "number", "minimum": 0},
                 "timestamp": timestamp,
             },
@@ -149,12 +160,25 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
         },
         "ConfigHealth": {
             "type": "object",
-            "required": ["service", "status", "dependencies", "timestamp"],
+            "required": ["service", "status", "dependencies", "checks", "timestamp"],
             "properties": {
                 "service": {"const": SERVICE_NAME},
                 "status": {"enum": ["ok", "degraded"]},
                 "dependencies": {
                     "type": "object",
+                    "description": "Plain strings: the web front end renders them as text (SPEC §3.1).",
+                    "required": ["redis", "cursorRunner"],
+                    "properties": {
+                        "redis": {"enum": ["connected", "disconnected"]},
+                        "cursorRunner": {
+                            "enum": ["connected", "unhealthy", "disconnected"],
+                            "description": "GET /health of cursor-runner: 2xx, another HTTP answer, no answer.",
+                        },
+                    },
+                },
+                "checks": {
+                    "type": "object",
+                    "description": "Per-check detail.",
                     "required": ["redis", "cursorRunner"],
                     "properties": {
                         "redis": {
@@ -168,7 +192,10 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
                         "cursorRunner": {
                             "type": "object",
                             "required": ["status", "detail"],
-                            "properties": {"status": {"enum": ["reachable", "unreachable"]}, "detail": string},
+                            "properties": {
+                                "status": {"enum": ["connected", "unhealthy", "disconnected"]},
+                                "detail": string,
+                            },
                         },
                     },
                 },
@@ -246,7 +273,11 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
             "properties": {
                 "success": {"const": True},
                 "requestId": string,
-                "status": {"enum": ["completed", "failed", "pending"]},
+                "status": {
+                    "enum": ["completed", "failed", "pending", "accepted"],
+                    "description": "accepted: Redis was unreachable; the callback is in the local spool "
+                    "(fsynced) and is recorded when Redis answers again",
+                },
                 "duplicate": {"const": True},
                 "note": string,
             },
@@ -291,14 +322,52 @@ def _schemas(max_page: int, max_ack_ids: int) -> dict[str, Schema]:
         },
         "ConversationList": {
             "type": "object",
-            "required": ["success", "conversations", "total", "offset", "limit"],
+            "required": ["success", "conversations", "pagination", "total", "offset", "limit"],
             "properties": {
                 "success": {"const": True},
                 "conversations": {"type": "array", "maxItems": max_page, "items": _ref("AgentConversation")},
+                "pagination": {
+                    "type": "object",
+                    "description": "What the web front end reads (SPEC §3.1); total/offset/limit repeat it.",
+                    "required": ["total", "limit", "offset", "hasMore"],
+                    "properties": {
+                        "total": {"type": "integer", "minimum": 0},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": max_page},
+                        "offset": {"type": "integer", "minimum": 0},
+                        "hasMore": {"type": "boolean"},
+                    },
+                },
                 "total": {"type": "integer", "minimum": 0},
                 "offset": {"type": "integer", "minimum": 0},
                 "limit": {"type": "integer", "minimum": 1, "maximum": max_page},
             },
+        },
+        "LiveSnapshot": {
+            "type": "object",
+            "description": "WebSocket text frame sent right after connecting.",
+            "required": ["type", "conversationId", "conversation"],
+            "properties": {
+                "type": {"const": "agent_conversation.snapshot"},
+                "conversationId": string,
+                "conversation": _ref("AgentConversation"),
+            },
+        },
+        "LiveUpdate": {
+            "type": "object",
+            "description": "WebSocket text frame sent on every change of the conversation.",
+            "required": ["type", "conversationId", "conversation"],
+            "properties": {
+                "type": {"const": "agent_conversation.updated"},
+                "conversationId": string,
+                "conversation": _ref("AgentConversation"),
+                "reason": {"enum": ["created", "message", "tool_call", "tool_result", "delivered", "resync"]},
+            },
+        },
+        "LiveError": {
+            "type": "object",
+            "description": "WebSocket text frame for an unknown or malformed conversation id.",
+            "required": ["type", "error", "conversationId"],
+            "properties": {"type": {"const": "error"}, "error": string, "conversationId": string},
         },
         "NewConversation": {
             "type": "object",
@@ -421,6 +490,7 @@ def _responses(max_body_bytes: int, max_callback_body_bytes: int) -> dict[str, S
         "PayloadTooLarge": f"Body larger than MAX_BODY_BYTES ({max_body_bytes} bytes here)",
         "CallbackTooLarge": f"Body larger than MAX_CALLBACK_BODY_BYTES ({max_callback_body_bytes} bytes here)",
         "UnsupportedMediaType": "Content-Type is not application/json (or */*+json)",
+        "UpgradeRequired": "A WebSocket endpoint called without the WebSocket handshake",
         "BadGateway": "ElevenLabs answered badly",
         "Unavailable": "Disabled (ELEVENLABS_AGENT_ENABLED=false), not configured, or a dependency (Redis, "
         "ElevenLabs) is down; `message` is speakable",
@@ -616,8 +686,22 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
         },
         "/agent-conversations/api/list": {
             "get": {
-                "summary": "Conversations, newest first",
+                "summary": "Conversations in the order asked for (newest first by default)",
+                "description": "Each order is a range read of a Redis sorted set. Ties in messageCount are in "
+                "conversation id order.",
                 "parameters": [
+                    {
+                        "name": "sortBy",
+                        "in": "query",
+                        "description": "Empty or absent: createdAt. Anything else is a 400 naming the allowed values.",
+                        "schema": {"enum": ["", *conversations.SORT_BY], "default": "createdAt"},
+                    },
+                    {
+                        "name": "sortOrder",
+                        "in": "query",
+                        "description": "Empty or absent: desc.",
+                        "schema": {"enum": ["", *conversations.SORT_ORDERS], "default": "desc"},
+                    },
                     {
                         "name": "limit",
                         "in": "query",
@@ -632,6 +716,28 @@ def _paths(max_page: int, max_offset: int) -> dict[str, Schema]:
                 "responses": {
                     "200": _json(_ref("ConversationList"), "A page of conversations"),
                     "400": _error("BadRequest"),
+                    **_COMMON,
+                },
+            }
+        },
+        "/agent-conversations/api/ws": {
+            "get": {
+                "summary": "Live conversation updates over a WebSocket (SPEC §3.1)",
+                "description": "A WebSocket handshake (`Upgrade: websocket`). Text frames, JSON: "
+                "`LiveSnapshot` right after connecting, then `LiveUpdate` (the whole conversation) on every "
+                "change made by any instance (client message, pending tool call, tool result, delivery), "
+                "`LiveError` for an unknown or malformed conversation id (then close 4404 or 1008; 1013 when "
+                "Redis is unavailable). The server pings every WS_PING_INTERVAL_SECONDS and drops a peer that "
+                'does not answer within WS_PING_TIMEOUT_SECONDS; a text frame `{"type":"ping"}` is '
+                'answered `{"type":"pong"}`. A draining instance closes with 1001 (reconnect). A browser '
+                "Origin must be in CORS_ALLOW_ORIGINS or the page's own origin, else the handshake is a 403.",
+                "parameters": [
+                    {"name": "conversationId", "in": "query", "required": True, "schema": _ref("ConversationId")}
+                ],
+                "responses": {
+                    "101": {"description": "Switching protocols: frames as described above"},
+                    "400": _error("BadRequest"),
+                    "426": _error("UpgradeRequired"),
                     **_COMMON,
                 },
             }

@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from elevenlabs_agent import SERVICE_NAME, __version__, events, metrics
 from elevenlabs_agent.http import openapi
@@ -27,10 +28,10 @@ from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
-from elevenlabs_agent.services import speech
+from elevenlabs_agent.services import live, speech
 from elevenlabs_agent.services.callbacks import CallbackBody
-from elevenlabs_agent.services.conversations import require_id
-from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
+from elevenlabs_agent.services.conversations import RESERVED_CONVERSATION_IDS, require_id
+from elevenlabs_agent.services.errors import InvalidInput, NotFound, Unauthorized, Unavailable, UpgradeRequired
 from elevenlabs_agent.services.tools import ToolCall
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import is_stream_id
@@ -41,6 +42,11 @@ MAX_PAGE = 100
 MAX_ACK_IDS = 100
 MAX_OFFSET = 10_000_000
 _DIGITS = re.compile(r"[0-9]{1,20}")
+# WebSocket close codes: 1001 going away (the instance drains; browsers reconnect elsewhere), 1008
+# policy (a malformed id), 1013 try again later (Redis unavailable), 4404 no such conversation.
+WS_GOING_AWAY = 1001
+WS_NOT_FOUND = 4404
+WS_TRY_AGAIN = 1013
 
 
 def _runtime(request: Request) -> Runtime:
@@ -71,6 +77,8 @@ async def health(request: Request) -> Response:
             "version": __version__,
             "redis": "connected" if ok else "disconnected",
             "draining": rt.draining,
+            # Callbacks made durable locally while Redis was down, waiting to be replayed (null: off).
+            "callbackSpool": rt.journal.summary() if rt.journal is not None else None,
             "uptimeSeconds": round(time.time() - rt.started_at, 1),
             "timestamp": now_iso(),
         }
@@ -101,9 +109,27 @@ async def ready(request: Request) -> Response:
                     "observedValue": rt.settings.browser_auth,
                 }
             ],
+            **_spool_check(rt),
         },
     }
     return Response(orjson.dumps(body), status_code=200 if passing else 503, media_type="application/health+json")
+
+
+def _spool_check(rt: Runtime) -> dict[str, Any]:
+    """Spooled callbacks do not make the instance unready (it still takes callbacks): a warning."""
+    if rt.journal is None:
+        return {}
+    spool = rt.journal.summary()
+    return {
+        "callbackSpool:records": [
+            {
+                "status": "warn" if spool["records"] or not spool["writable"] else "pass",
+                "observedValue": spool["records"],
+                "oldestAgeSeconds": spool["oldestAgeSeconds"],
+                "writable": spool["writable"],
+            }
+        ]
+    }
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -131,20 +157,17 @@ async def config(request: Request) -> Response:
 
 async def config_health(request: Request) -> Response:
     rt = _runtime(request)
-    (redis_ok, latency), (runner_ok, runner_detail) = await asyncio.gather(rt.redis_ping(), rt.cursor_runner.probe())
+    (redis_ok, latency), runner = await asyncio.gather(rt.redis_ping(), rt.cursor_runner.probe())
+    redis_state = "connected" if redis_ok else "disconnected"
     return JSONResponse(
         {
             "service": SERVICE_NAME,
-            "status": "ok" if redis_ok and runner_ok else "degraded",
-            "dependencies": {
-                "redis": {
-                    "status": "connected" if redis_ok else "disconnected",
-                    "latencyMs": round(latency, 2),
-                },
-                "cursorRunner": {
-                    "status": "reachable" if runner_ok else "unreachable",
-                    "detail": runner_detail,
-                },
+            "status": "ok" if redis_ok and runner.state == "connected" else "degraded",
+            # Plain strings: the front end renders them as text (SPEC §3.1); detail is in `checks`.
+            "dependencies": {"redis": redis_state, "cursorRunner": runner.state},
+            "checks": {
+                "redis": {"status": redis_state, "latencyMs": round(latency, 2)},
+                "cursorRunner": {"status": runner.state, "detail": runner.detail},
             },
             "timestamp": now_iso(),
         }
@@ -252,11 +275,15 @@ def _page_params(request: Request) -> tuple[int, int]:
 
 async def list_conversations(request: Request) -> Response:
     offset, limit = _page_params(request)
-    conversations, total = await _runtime(request).conversations.list(offset, limit)
+    conversations, total = await _runtime(request).conversations.list(
+        offset, limit, request.query_params.get("sortBy"), request.query_params.get("sortOrder")
+    )
     return JSONResponse(
         {
             "success": True,
             "conversations": [c.to_public() for c in conversations],
+            # The front end reads `pagination` (SPEC §3.1); the top-level fields stay for older clients.
+            "pagination": {"total": total, "limit": limit, "offset": offset, "hasMore": offset + limit < total},
             "total": total,
             "offset": offset,
             "limit": limit,
@@ -409,11 +436,91 @@ def _serve_web_asset(asset: WebAsset) -> Callable[[Request], Awaitable[Response]
     return endpoint
 
 
-METRICS_ROUTES = [
-    Route("/health", health),
-    Route("/ready", ready),
-    Route("/metrics", metrics_endpoint),
-]
+# --- live updates (SPEC §3.1) ----------------------------------------------------------------------
+
+
+async def conversation_updates(websocket: WebSocket) -> None:
+    """Live updates of one conversation (SPEC §3.1): a snapshot, then the whole conversation again on
+    every change made by any instance (services/live.py). Origin and the feature flag are checked at
+    the edge (EdgeMiddleware) before this runs."""
+    rt: Runtime = websocket.app.state.runtime
+    conversation_id = websocket.query_params.get("conversationId", "")
+    await websocket.accept()
+    if not is_valid_id(conversation_id):
+        metrics.WEBSOCKET_CONNECTIONS.labels("invalid_id").inc()
+        await _refuse(
+            websocket,
+            conversation_id,
+            "conversationId must be 1-128 characters of letters, digits, '_', '.', '-'",
+            1008,
+        )
+        return
+    structlog.contextvars.bind_contextvars(conversationId=conversation_id)
+    subscriber = rt.live.subscribe(conversation_id)
+    try:
+        try:
+            conversation = await rt.conversations.get(conversation_id)
+        except NotFound:
+            metrics.WEBSOCKET_CONNECTIONS.labels("unknown_conversation").inc()
+            await _refuse(websocket, conversation_id, "conversation not found", WS_NOT_FOUND)
+            return
+        except (RedisError, OSError) as exc:
+            log.error(events.REDIS_UNAVAILABLE, path=websocket.url.path, error=type(exc).__name__)
+            metrics.WEBSOCKET_CONNECTIONS.labels("redis_unavailable").inc()
+            await _refuse(websocket, conversation_id, "storage unavailable, try again", WS_TRY_AGAIN)
+            return
+        metrics.WEBSOCKET_CONNECTIONS.labels("accepted").inc()
+        log.info(events.WS_CONNECTED)
+        await websocket.send_text(live.conversation_frame(live.SNAPSHOT, conversation))
+        metrics.WEBSOCKET_FRAMES.labels(live.SNAPSHOT).inc()
+        await _pump(websocket, subscriber)
+    finally:
+        rt.live.unsubscribe(subscriber)
+
+
+async def _pump(websocket: WebSocket, subscriber: live.Subscriber) -> None:
+    """Send queued frames until the client goes away or the instance drains. An idle socket is this
+    coroutine waiting on two futures (the client, its mailbox): no Redis traffic, no other task."""
+    receiving = asyncio.ensure_future(websocket.receive())
+    try:
+        while True:
+            waiting: set[asyncio.Future[Any]] = {receiving, subscriber.ready()}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done():
+                message = receiving.result()
+                if message["type"] == "websocket.disconnect":
+                    log.info(events.WS_DISCONNECTED, code=message.get("code"))
+                    return
+                if message.get("text") == '{"type":"ping"}':
+                    await websocket.send_text('{"type":"pong"}')
+                receiving = asyncio.ensure_future(websocket.receive())
+            while subscriber.frames:
+                text = subscriber.frames.pop(0)
+                if text is None:
+                    log.info(events.WS_CLOSING_FOR_DRAIN)
+                    await websocket.close(WS_GOING_AWAY)
+                    return
+                await websocket.send_text(text)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        log.info(events.WS_DISCONNECTED)
+    finally:
+        receiving.cancel()
+
+
+async def _refuse(websocket: WebSocket, conversation_id: str, error: str, code: int) -> None:
+    await websocket.send_text(live.frame(live.ERROR, conversation_id, error=error))
+    await websocket.close(code)
+
+
+async def websocket_needs_upgrade(request: Request) -> Response:
+    conversation_id = require_id(request.query_params.get("conversationId", ""), "conversationId")
+    if conversation_id in RESERVED_CONVERSATION_IDS:
+        raise InvalidInput(f"conversationId {conversation_id!r} is reserved")
+    raise UpgradeRequired("this endpoint is a WebSocket: connect with an Upgrade: websocket handshake")
+
+
+METRICS_ROUTE = Route("/metrics", metrics_endpoint)
+METRICS_ROUTES = [Route("/health", health), Route("/ready", ready), METRICS_ROUTE]
 ROUTES = [
     *METRICS_ROUTES,
     Route("/config", config),
@@ -426,6 +533,8 @@ ROUTES = [
     *(Route(path, _serve_web_asset(asset), methods=["GET"]) for path, asset in WEB_ASSETS.items()),
     Route(AUTH_PATH, login, methods=["POST", "DELETE"]),
     Route("/agent-conversations/api/list", list_conversations),
+    WebSocketRoute("/agent-conversations/api/ws", conversation_updates),
+    Route("/agent-conversations/api/ws", websocket_needs_upgrade),
     Route("/agent-conversations/api/new", new_conversation, methods=["POST"]),
     Route("/agent-conversations/api/{conversation_id}", get_conversation),
     Route("/agent-conversations/api/{conversation_id}/message", append_message, methods=["POST"]),

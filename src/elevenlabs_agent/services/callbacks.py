@@ -1,7 +1,9 @@
 """cursor-runner's completion callback: authenticate, persist, acknowledge, then deliver.
 
 cursor-runner sends each callback once and never retries, so everything needed to deliver the
-result later is written before we answer 200, and nothing slow happens before that answer.
+result later is written before we answer 200, and nothing slow happens before that answer. While
+Redis cannot take it, "written" means fsynced into the local spool (spool.py); `replay` records it
+later through the same steps.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import hmac
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from redis.exceptions import ClusterError, OutOfMemoryError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
-from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
+from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
+from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
@@ -36,6 +43,19 @@ _RESULT_FIELDS = (
 )
 
 log = get_logger()
+# Redis could not be reached or could not take the write now (refused, reset, timeout, cluster or a
+# slot's master down, a failover in progress, out of memory): what sends a callback to the spool
+# instead of a 503, and what pauses its replay. Any other Redis error is not cured by waiting.
+REDIS_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,10 @@ class CallbackBody:
         failed = not success or (exit_code is not None and exit_code != 0)
         result = {k: body[k] for k in _RESULT_FIELDS if k in body}
         return cls(str(request_id), failed, result)
+
+    def to_body(self) -> dict[str, Any]:
+        """The body again, with only the fields we keep (what the spool journals; `parse` reads it back)."""
+        return {"requestId": self.request_id, **self.result}
 
 
 @dataclass(frozen=True)
@@ -101,7 +125,9 @@ class CallbackService:
         outbox: Outbox,
         delivery: DeliveryService,
         shared_secret: str | None,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
         self.tasks = tasks
         self.conversations = conversations
         self.outbox = outbox
@@ -113,12 +139,39 @@ class CallbackService:
         if not secret:
             return self._unauthorized(task_id, "missing secret")
         shared_ok = self.shared_secret is not None and hmac.compare_digest(secret.encode(), self.shared_secret.encode())
+        token_hash = hash_token(secret)
+        now = now_iso()
+        try:
+            return await self._store(callback, token_hash, shared_ok, now)
+        except REDIS_UNREACHABLE as exc:
+            if self.journal is None:
+                raise
+            # Redis cannot record it now: make it durable locally instead (replayed by SpoolReplayer).
+            await self._spool(SpooledCallback(task_id, callback.to_body(), token_hash, shared_ok, now), exc)
+            return {"success": True, "requestId": task_id, "status": "accepted"}
+
+    async def _spool(self, record: SpooledCallback, cause: Exception) -> None:
+        assert self.journal is not None
+        try:
+            await self.journal.append(record)
+        except SpoolRefused as refused:
+            log.error(events.CALLBACK_SPOOL_REFUSED, taskId=record.task_id, reason=refused.reason)
+            metrics.CALLBACKS_SPOOL_REFUSED.labels(refused.reason).inc()
+            # The 503 of a Redis outage without the spool (a Redis error keeps its redis.unavailable line).
+            if isinstance(cause, RedisError):
+                raise cause from None
+            raise Unavailable("storage (Redis) is unavailable", message=speech.STORAGE_DOWN) from None
+        log.warning(events.CALLBACK_SPOOLED, taskId=record.task_id, error=type(cause).__name__)
+        metrics.CALLBACKS_SPOOLED.inc()
+        metrics.CALLBACKS.labels("spooled").inc()
+
+    async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
+        task_id = callback.request_id
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
-        now = now_iso()
         done = await self.tasks.complete(
             task_id,
-            token_hash=hash_token(secret),
+            token_hash=token_hash,
             shared_secret_ok=shared_ok,
             status=status,
             result=callback.result,
@@ -191,7 +244,14 @@ class CallbackService:
         in_order = not is_cluster(self.tasks.redis)
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
             self.conversations.queue_upsert_message(
-                pipe, outcome.conversation_id, message, now=now, task_id=outcome.task_id, create=True, capped=False
+                pipe,
+                outcome.conversation_id,
+                message,
+                now=now,
+                reason="tool_result",
+                task_id=outcome.task_id,
+                create=True,
+                capped=False,
             )
             self.outbox.queue_publish(pipe, outcome.conversation_id, outcome.task_id, event)
             if in_order:
@@ -201,6 +261,75 @@ class CallbackService:
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
                 self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
                 await pipe.execute()
+
+    async def replay(self, spooled: SpooledCallback) -> str:
+        """Record one spooled callback as if it arrived now (Redis errors propagate: the replayer
+        keeps the record and tries again). Its secret is checked against the task here; a forged,
+        unknown or invalid one is discarded. Returns the outcome (a `callbacks_replayed` or
+        `callbacks_discarded` label)."""
+        task_id = spooled.task_id
+        try:
+            callback = CallbackBody.parse(spooled.body)
+        except InvalidInput:
+            return self._discard(task_id, "invalid")
+        if callback.request_id != task_id:
+            return self._discard(task_id, "invalid")
+        try:
+            return await self._replay(spooled, callback)
+        except REDIS_UNREACHABLE:
+            raise
+        except RedisError as exc:
+            # Redis answered with an error that waiting does not cure (the task key holds something
+            # else, a script error): the direct path would have failed the same way. Logged, dropped.
+            log.warning(events.SPOOL_DISCARDED, taskId=task_id, reason="redis_error", error=type(exc).__name__)
+            metrics.CALLBACKS_DISCARDED.labels("redis_error").inc()
+            return "redis_error"
+
+    async def _replay(self, spooled: SpooledCallback, callback: CallbackBody) -> str:
+        task_id = spooled.task_id
+        status = "failed" if callback.failed else "completed"
+        summary = speech.result_summary(callback.failed, callback.result)
+        done = await self.tasks.complete(
+            task_id,
+            token_hash=spooled.token_hash,
+            shared_secret_ok=spooled.shared_ok,
+            status=status,
+            result=callback.result,
+            summary=summary,
+            now=spooled.received_at,
+        )
+        if done.outcome == "unauthorized":
+            return self._discard(task_id, "forged")
+        if done.outcome == "unknown":
+            return self._discard(task_id, "unknown_task")
+        if done.outcome == "duplicate":
+            # Recorded before (a replay cut short, or Redis stored the result but its answer was lost):
+            # finish the recording if that part is missing, else nothing to do.
+            await self.repair([task_id])
+            outcome = "duplicate"
+        else:
+            await self.record(
+                Outcome(
+                    task_id=task_id,
+                    conversation_id=done.conversation_id,
+                    tool_name=done.tool_name,
+                    tool_args=done.tool_args,
+                    status=status,
+                    summary=summary,
+                    result=callback.result,
+                    completed_at=spooled.received_at,
+                )
+            )
+            self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
+            outcome = "accepted"
+        log.info(events.SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
+        metrics.CALLBACKS_REPLAYED.labels(outcome).inc()
+        return outcome
+
+    def _discard(self, task_id: str, reason: str) -> str:
+        log.warning(events.SPOOL_DISCARDED, taskId=task_id, reason=reason)
+        metrics.CALLBACKS_DISCARDED.labels(reason).inc()
+        return reason
 
     async def repair(self, task_ids: list[str]) -> int:
         """Finish recording results whose callback was cut short after the task was updated

@@ -13,7 +13,7 @@ from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.stores.aliases import AliasStore
-from elevenlabs_agent.stores.conversations import Conversation, ConversationFull, ConversationStore
+from elevenlabs_agent.stores.conversations import SORT_INDEXES, Conversation, ConversationFull, ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.sessions import SessionStore
@@ -24,6 +24,8 @@ ROLES = frozenset({"user", "assistant", "system", "tool"})
 SOURCES = frozenset({"voice", "text", "tool_output", "system_event"})
 STATUSES = frozenset({"pending", "completed", "failed"})
 TRANSPORTS = frozenset({"websocket", "webrtc"})
+SORT_ORDERS = ("asc", "desc")
+SORT_BY = tuple(SORT_INDEXES)
 MAX_CONTENT_CHARS = 100_000
 MAX_METADATA_BYTES = 16_384
 
@@ -31,7 +33,7 @@ log = get_logger()
 
 
 # Path segments of the conversations API that an id would be shadowed by.
-RESERVED_CONVERSATION_IDS = frozenset({"list", "new"})
+RESERVED_CONVERSATION_IDS = frozenset({"list", "new", "ws"})
 
 
 def require_id(value: str, what: str = "conversation id") -> str:
@@ -142,8 +144,19 @@ class ConversationService:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return conversation
 
-    async def list(self, offset: int, limit: int) -> tuple[list[Conversation], int]:
-        return await self.conversations.list(offset=offset, limit=limit)
+    async def list(
+        self, offset: int, limit: int, sort_by: str | None = None, sort_order: str | None = None
+    ) -> tuple[list[Conversation], int]:
+        """A page in the order the front end asks for (SPEC §3.1); absent or empty = newest first."""
+        sort_by = sort_by or "createdAt"
+        sort_order = sort_order or "desc"
+        if sort_by not in SORT_INDEXES:
+            raise InvalidInput("sortBy must be one of: " + ", ".join(SORT_BY), allowed=list(SORT_BY))
+        if sort_order not in SORT_ORDERS:
+            raise InvalidInput("sortOrder must be one of: " + ", ".join(SORT_ORDERS), allowed=list(SORT_ORDERS))
+        return await self.conversations.list(
+            offset=offset, limit=limit, sort_by=sort_by, descending=sort_order == "desc"
+        )
 
     async def append(self, conversation_id: str, body: Any) -> dict[str, Any]:
         message = parse_message(body)

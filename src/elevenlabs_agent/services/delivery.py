@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.clients.elevenlabs import push_contextual_update
 from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Event, Outbox, stream_order
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.tasks import TaskStore
@@ -35,12 +36,14 @@ class DeliveryService:
         outbox: Outbox,
         sessions: SessionStore,
         tasks: TaskStore,
+        conversations: ConversationStore,
         push_timeout: float,
         keepalive_seconds: float,
     ) -> None:
         self.outbox = outbox
         self.sessions = sessions
         self.tasks = tasks
+        self.conversations = conversations
         self.push_timeout = push_timeout
         self.keepalive_ms = int(keepalive_seconds * 1000)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -126,7 +129,11 @@ class DeliveryService:
             for task_id in task_ids:
                 self.tasks.queue_mark_delivered(pipe, task_id, conversation_id, via, now)
             await pipe.execute()
-        return await self.outbox.ack(conversation_id, task_ids)
+        removed = await self.outbox.ack(conversation_id, task_ids)
+        if removed:
+            # The conversation's hash does not change, but its page shows delivery: tell live subscribers.
+            await self.conversations.announce(conversation_id, "delivered")
+        return removed
 
     async def acknowledge(self, conversation_id: str, task_ids: list[str]) -> list[str]:
         """The browser forwarded these relayed results into its ElevenLabs session."""

@@ -26,6 +26,10 @@ class NotFound(ServiceError):
     """The named resource does not exist (404)."""
 
 
+class UpgradeRequired(ServiceError):
+    """A WebSocket endpoint called as plain HTTP (426)."""
+
+
 class Conflict(ServiceError):
     """The resource's state forbids this (409)."""
 

@@ -5,7 +5,9 @@ A scrape must never walk the keyspace, so every `interval` seconds one bounded S
 is doing any more (a restarted or another instance picks it up; nothing lives only in memory):
 - results whose callback was stored but whose recording was cut short -> recorded again;
 - results waiting for longer than the grace period while a push-capable session is live ->
-  pushed again (the relay channel needs nothing: every SSE subscription replays what is pending).
+  pushed again (the relay channel needs nothing: every SSE subscription replays what is pending);
+- conversations missing from the listing indexes (stored before an index existed) -> indexed, and on
+  Redis Cluster the message counts of recently accessed conversations refreshed.
 Redis reachability is checked every few seconds. With several instances each one does this; every
 step is idempotent and repeated pushes carry the same context_id, so that is harmless.
 """
@@ -70,6 +72,9 @@ class Housekeeper:
                 await self.runtime.callbacks.repair(tasks.unrecorded)
             for conversation_id in waiting.stale_conversations:
                 self.runtime.delivery.spawn(self.runtime.delivery.redeliver(conversation_id))
+            indexed = await self.runtime.conversations.conversations.repair_indexes(self.max_keys)
+            if indexed:
+                log.info(events.CONVERSATION_INDEX_REPAIRED, entries=indexed)
         except (RedisError, OSError) as exc:
             log.warning(events.HOUSEKEEPING_FAILED, error=type(exc).__name__)
             return

@@ -171,7 +171,7 @@ class ToolService:
                 now=now,
             )
             self.conversations.queue_upsert_message(
-                pipe, conversation_id, message, now=now, task_id=task_id, create=True
+                pipe, conversation_id, message, now=now, reason="tool_call", task_id=task_id, create=True
             )
             self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
             _, message_field, *_ = await pipe.execute()
@@ -219,7 +219,7 @@ class ToolService:
         }
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
             self.conversations.queue_upsert_message(
-                pipe, conversation_id, failed, now=now_iso(), task_id=task_id, capped=False
+                pipe, conversation_id, failed, now=now_iso(), reason="tool_result", task_id=task_id, capped=False
             )
             await pipe.execute()
         metrics.WEBHOOKS.labels("dispatch_failed").inc()

@@ -81,6 +81,7 @@ class FakeCursorRunner:
     callback_delay: float = 0.05
     callback_before_answer: bool = False
     callback_repeats: int = 1
+    health_status: int = 200
     received: list[dict[str, Any]] = field(default_factory=list)
     callbacks: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -94,7 +95,7 @@ class FakeCursorRunner:
         )
 
     async def _health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok" if self.health_status == 200 else "error"}, status_code=self.health_status)
 
     async def _execute(self, request: Request) -> Response:
         if self.secret is not None and request.headers.get("x-webhook-secret") != self.secret:

@@ -23,6 +23,16 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("tasks", tasks.SCAN_PATTERN, "hash", tasks.DEFAULT_TTL, tasks.HOLDS),
     KeyFamily("conversations", conversations.SCAN_PATTERN, "hash", None, conversations.HOLDS),
     KeyFamily("conversation_index", conversations.INDEX_KEY, "zset", None, conversations.INDEX_HOLDS),
+    KeyFamily(
+        "conversation_index_last_accessed",
+        conversations.ACCESSED_INDEX_KEY,
+        "zset",
+        None,
+        conversations.ACCESSED_INDEX_HOLDS,
+    ),
+    KeyFamily(
+        "conversation_index_message_count", conversations.COUNT_INDEX_KEY, "zset", None, conversations.COUNT_INDEX_HOLDS
+    ),
     KeyFamily("aliases", aliases.SCAN_PATTERN, "string", aliases.DEFAULT_TTL, aliases.HOLDS),
     KeyFamily("event_streams", outbox.STREAM_SCAN_PATTERN, "stream", outbox.DEFAULT_TTL, outbox.STREAM_HOLDS),
     KeyFamily("pending_results", outbox.PENDING_SCAN_PATTERN, "hash", outbox.DEFAULT_TTL, outbox.PENDING_HOLDS),

@@ -6,12 +6,23 @@ AgentMessage as JSON each, in order) and `task:<taskId>` (the msg field holding 
 message, so a result replaces its pending message instead of adding a second one). A hash rather
 than one JSON string lets Lua append and replace messages atomically without re-encoding JSON.
 
-`elevenlabs:conversations` is a sorted set of conversation ids scored by creation time (ms), the
-index behind the newest-first listing. Both are persistent: conversations are the history.
+Three sorted sets of conversation ids make every listing order one range read (ZRANGE/ZREVRANGE):
+`elevenlabs:conversations` scored by createdAt (ms), `elevenlabs:conversations:by-last-accessed` by
+lastAccessedAt (ms) and `elevenlabs:conversations:by-message-count` by the number of messages (ties
+in id order). On one server (or Sentinel) the scripts that write a conversation update all three in
+the same atomic step. On Redis Cluster a script may only touch its own key's slot: the createdAt and
+lastAccessedAt scores ride in the same pipeline, and the message counts of recently accessed
+conversations are refreshed by housekeeping (`repair_indexes`), which also backfills conversations
+stored before the secondary indexes existed. All persistent: conversations are the history.
+
+Every change to a conversation is announced on the Pub/Sub channel `elevenlabs:conversation-updates`
+(`{"conversationId", "reason"}`), from inside the script that made it, so a subscriber that reads the
+conversation on that message sees the change (services/live.py fans it out to WebSocket clients).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,36 +30,75 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.stores import lua
 from elevenlabs_agent.timeutil import parse_iso
 
 KEY_PREFIX = "elevenlabs:conversation:"
 SCAN_PATTERN = KEY_PREFIX + "*"
 INDEX_KEY = "elevenlabs:conversations"
+ACCESSED_INDEX_KEY = "elevenlabs:conversations:by-last-accessed"
+COUNT_INDEX_KEY = "elevenlabs:conversations:by-message-count"
+UPDATES_CHANNEL = "elevenlabs:conversation-updates"
 HOLDS = "one conversation: metadata fields and msg:NNNNNN message fields"
 INDEX_HOLDS = "conversation ids scored by createdAt (ms), for newest-first listing"
+ACCESSED_INDEX_HOLDS = "conversation ids scored by lastAccessedAt (ms), for sortBy=lastAccessedAt"
+COUNT_INDEX_HOLDS = "conversation ids scored by message count, for sortBy=messageCount"
 DEFAULT_MAX_MESSAGES = 10_000
 
-# KEYS[1]; ARGV: now, conversationId, agentId, metadata json. Returns 1 if created, 0 if it existed.
-_CREATE = """
+# sortBy value -> the index that orders by it
+SORT_INDEXES = {"createdAt": INDEX_KEY, "lastAccessedAt": ACCESSED_INDEX_KEY, "messageCount": COUNT_INDEX_KEY}
+INDEX_KEYS = (INDEX_KEY, ACCESSED_INDEX_KEY, COUNT_INDEX_KEY)
+
+# Shared tail of the writing scripts: with the three index keys given (one server), index the
+# conversation in the same atomic step; then announce the change. ARGV[1] = now (ms score).
+_INDEX_AND_ANNOUNCE = (
+    """
+local function index_and_announce(score_ms, created, payload)
+  if #KEYS == 4 then
+    if created then redis.call('ZADD', KEYS[2], 'NX', score_ms, ARGV[2]) end
+    redis.call('ZADD', KEYS[3], 'GT', score_ms, ARGV[2])
+    redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'seq') or '0'), ARGV[2])
+  end
+  redis.call('PUBLISH', '"""
+    + UPDATES_CHANNEL
+    + """', payload)
+end
+"""
+)
+
+# KEYS: conversation[, createdAt index, lastAccessedAt index, messageCount index];
+# ARGV: now, conversationId, agentId, metadata json, now (ms), update payload.
+# Returns 1 if created, 0 if it existed.
+_CREATE = (
+    _INDEX_AND_ANNOUNCE
+    + """
 if redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'lastAccessedAt', ARGV[1], 'metadata', ARGV[4], 'seq', 0)
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'agentId', ARGV[3]) end
+index_and_announce(ARGV[5], true, ARGV[6])
 return 1
 """
+)
 
-# KEYS[1]; ARGV: now, conversationId, message json, taskId or '', max messages (0 = no cap),
-# create-if-missing ('1'/'0'). Returns the msg field written, '' when the conversation is full,
-# or false when it does not exist and may not be created.
-_UPSERT_MESSAGE = """
+# KEYS: conversation[, the three indexes]; ARGV: now, conversationId, message json, taskId or '',
+# max messages (0 = no cap), create-if-missing ('1'/'0'), now (ms), update payload. Returns the msg
+# field written, '' when the conversation is full, or false when it does not exist and may not be
+# created.
+_UPSERT_MESSAGE = (
+    _INDEX_AND_ANNOUNCE
+    + """
+local created = false
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] ~= '1' then return false end
   redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 0)
+  created = true
 end
 if ARGV[4] ~= '' then
   local existing = redis.call('HGET', KEYS[1], 'task:' .. ARGV[4])
   if existing then
     redis.call('HSET', KEYS[1], existing, ARGV[3], 'lastAccessedAt', ARGV[1])
+    index_and_announce(ARGV[7], created, ARGV[8])
     return existing
   end
 end
@@ -57,8 +107,15 @@ if max > 0 and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= max then r
 local field = string.format('msg:%06d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
 redis.call('HSET', KEYS[1], field, ARGV[3], 'lastAccessedAt', ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'task:' .. ARGV[4], field) end
+index_and_announce(ARGV[7], created, ARGV[8])
 return field
 """
+)
+
+
+# Module-level aliases: inside ConversationStore, `list` names its method.
+Ids = list[str]
+Scores = list[tuple[int | None, int]]
 
 
 class ConversationFull(Exception):
@@ -107,22 +164,40 @@ def _score(iso: str) -> int:
     return int(parse_iso(iso).timestamp() * 1000)
 
 
+def _announcement(conversation_id: str, reason: str) -> str:
+    return orjson.dumps({"conversationId": conversation_id, "reason": reason}).decode()
+
+
 class ConversationStore:
     def __init__(self, redis: Redis, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.redis = redis
         self.max_messages = max_messages
+        # Cluster: scripts touch only the conversation's own key (see the module docstring).
+        self.cluster = is_cluster(redis)
+
+    def _keys(self, conversation_id: str) -> list[str]:
+        return [key(conversation_id)] if self.cluster else [key(conversation_id), *INDEX_KEYS]
 
     async def create(self, conversation_id: str, *, now: str, agent_id: str | None, metadata: dict[str, Any]) -> bool:
         """Create a conversation; False if one with this id already exists (it is left untouched)."""
+        ms = _score(now)
         async with self.redis.pipeline(transaction=False) as pipe:
             lua.queue_eval(
                 pipe,
                 _CREATE,
-                [key(conversation_id)],
-                [now, conversation_id, agent_id or "", orjson.dumps(metadata).decode()],
+                self._keys(conversation_id),
+                [
+                    now,
+                    conversation_id,
+                    agent_id or "",
+                    orjson.dumps(metadata).decode(),
+                    ms,
+                    _announcement(conversation_id, "created"),
+                ],
             )
-            pipe.zadd(INDEX_KEY, {conversation_id: _score(now)}, nx=True)
-            created, _ = await pipe.execute()
+            if self.cluster:
+                self._queue_cluster_index(pipe, conversation_id, ms, created=True)
+            created, *_ = await pipe.execute()
         return bool(created)
 
     def queue_upsert_message(
@@ -132,19 +207,21 @@ class ConversationStore:
         message: dict[str, Any],
         *,
         now: str,
+        reason: str,
         task_id: str | None = None,
         create: bool = False,
         capped: bool = True,
     ) -> None:
-        """Queue appending `message` (or replacing the one of `task_id`).
+        """Queue appending `message` (or replacing the one of `task_id`); subscribers learn it as `reason`.
 
         With `create`, a missing conversation is created (and indexed) on the fly: a tool webhook may
         name a conversation the browser never created here, and its result must still be kept.
         """
+        ms = _score(now)
         lua.queue_eval(
             pipe,
             _UPSERT_MESSAGE,
-            [key(conversation_id)],
+            self._keys(conversation_id),
             [
                 now,
                 conversation_id,
@@ -152,16 +229,32 @@ class ConversationStore:
                 task_id or "",
                 self.max_messages if capped else 0,
                 "1" if create else "0",
+                ms,
+                _announcement(conversation_id, reason),
             ],
         )
-        if create:
-            pipe.zadd(INDEX_KEY, {conversation_id: _score(now)}, nx=True)
+        if self.cluster:
+            self._queue_cluster_index(pipe, conversation_id, ms, created=create)
+
+    def _queue_cluster_index(self, pipe: Pipeline, conversation_id: str, ms: int, *, created: bool) -> None:
+        """The index scores known before the script runs; message counts come from `repair_indexes`."""
+        if created:
+            pipe.zadd(INDEX_KEY, {conversation_id: ms}, nx=True)
+            pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, gt=True)
+            pipe.zadd(COUNT_INDEX_KEY, {conversation_id: 0}, nx=True)
+        else:
+            # XX: a write to a conversation that does not exist must not put its id in an index.
+            pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, xx=True, gt=True)
+
+    async def announce(self, conversation_id: str, reason: str) -> None:
+        """Tell subscribers the conversation changed in a way its hash does not show (a delivery)."""
+        await self.redis.publish(UPDATES_CHANNEL, _announcement(conversation_id, reason))
 
     async def append_message(self, conversation_id: str, message: dict[str, Any], now: str) -> bool:
         """Append a client message; False if the conversation does not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self.queue_upsert_message(pipe, conversation_id, message, now=now)
-            (field,) = await pipe.execute()
+            self.queue_upsert_message(pipe, conversation_id, message, now=now, reason="message")
+            field, *_ = await pipe.execute()
         if field == "":
             raise ConversationFull(conversation_id)
         return field is not None
@@ -173,11 +266,17 @@ class ConversationStore:
         h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))
         return Conversation.from_hash(h) if h else None
 
-    async def list(self, *, offset: int, limit: int) -> tuple[list[Conversation], int]:
-        """A page of conversations, newest first, and the total count."""
+    async def list(
+        self, *, offset: int, limit: int, sort_by: str = "createdAt", descending: bool = True
+    ) -> tuple[list[Conversation], int]:
+        """A page of conversations in the order of `sort_by` (a SORT_INDEXES key), and the total count."""
+        index = SORT_INDEXES[sort_by]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(INDEX_KEY, offset, offset + limit - 1)
-            pipe.zcard(INDEX_KEY)
+            if descending:
+                pipe.zrevrange(index, offset, offset + limit - 1)
+            else:
+                pipe.zrange(index, offset, offset + limit - 1)
+            pipe.zcard(index)
             ids, total = await pipe.execute()
         if not ids:
             return [], total
@@ -186,3 +285,72 @@ class ConversationStore:
                 pipe.hgetall(key(conversation_id))
             hashes = await pipe.execute()
         return [Conversation.from_hash(h) for h in hashes if h], total
+
+    async def repair_indexes(self, max_keys: int, batch: int = 500) -> int:
+        """Backfill the secondary indexes from the createdAt index (conversations stored before they
+        existed, or a write cut short between pipeline steps on Cluster); on Cluster also refresh the
+        message counts of the `max_keys` most recently accessed conversations. Bounded by `max_keys`.
+        Returns how many index entries were added or changed."""
+        changed = 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index in INDEX_KEYS:
+                pipe.zcard(index)
+            sizes = await pipe.execute()
+        if min(sizes[1:]) < sizes[0]:
+            changed += await self._backfill(max_keys, batch)
+        if self.cluster:
+            changed += await self._refresh_counts(max_keys, batch)
+        return changed
+
+    async def _backfill(self, max_keys: int, batch: int) -> int:
+        added = 0
+        seen = 0
+        async for ids in _zscan_batches(self.redis, INDEX_KEY, batch):
+            hashes = await self._scores(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation_id, (accessed_ms, count) in zip(ids, hashes, strict=True):
+                    if accessed_ms is None:
+                        continue
+                    # NX: an entry a live write made meanwhile is newer than what was read here.
+                    pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: accessed_ms}, nx=True)
+                    pipe.zadd(COUNT_INDEX_KEY, {conversation_id: count}, nx=True)
+                added += sum(await pipe.execute())
+            seen += len(ids)
+            if seen >= max_keys:
+                break
+        return added
+
+    async def _refresh_counts(self, max_keys: int, batch: int) -> int:
+        changed = 0
+        for start in range(0, max_keys, batch):
+            ids = cast(Ids, await self.redis.zrevrange(ACCESSED_INDEX_KEY, start, start + batch - 1))
+            if not ids:
+                break
+            scores = await self._scores(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation_id, (accessed_ms, count) in zip(ids, scores, strict=True):
+                    if accessed_ms is not None:
+                        pipe.zadd(COUNT_INDEX_KEY, {conversation_id: count}, gt=True, ch=True)
+                changed += sum(await pipe.execute())
+        return changed
+
+    async def _scores(self, ids: Ids) -> Scores:
+        """(lastAccessedAt ms, message count) of each conversation; None for one that is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id in ids:
+                pipe.hmget(key(conversation_id), "createdAt", "lastAccessedAt", "seq")
+            rows = await pipe.execute()
+        out: Scores = []
+        for created, accessed, seq in rows:
+            out.append((_score(accessed or created) if created else None, int(seq or 0)))
+        return out
+
+
+async def _zscan_batches(redis: Redis, index: str, batch: int) -> AsyncIterator[Ids]:
+    cursor = 0
+    while True:
+        cursor, entries = await redis.zscan(index, cursor, count=batch)
+        if entries:
+            yield [cast(str, member) for member, _ in entries]
+        if cursor == 0:
+            return
