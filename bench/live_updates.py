@@ -35,6 +35,9 @@ from elevenlabs_agent.redis_server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 
+# Browser routes: the identity a loopback authenticating proxy would set (BROWSER_AUTH=proxy).
+IDENTITY = {"X-Forwarded-User": "bench"}
+
 API = "/agent-conversations/api"
 SECRET = "bench-webhook-secret-0123456789"
 RUNNER_SECRET = "bench-runner-secret-0123456789"
@@ -107,15 +110,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             processes += [proc_a, proc_b]
             ws_a = a.replace("http://", "ws://") + f"{API}/ws?conversationId="
             async with (
-                httpx.AsyncClient(base_url=a, timeout=10) as on_a,
-                httpx.AsyncClient(base_url=b, timeout=10) as on_b,
+                httpx.AsyncClient(headers=IDENTITY, base_url=a, timeout=10) as on_a,
+                httpx.AsyncClient(headers=IDENTITY, base_url=b, timeout=10) as on_b,
             ):
                 conversations = [f"idle-{n}" for n in range(10)]
                 for conversation_id in [*conversations, "latency", "fanout"]:
                     await on_a.post(f"{API}/new", json={"conversationId": conversation_id})
 
                 # 1. idle sockets and memory
-                async with websockets.connect(ws_a + "latency") as warm:
+                async with websockets.connect(ws_a + "latency", additional_headers=IDENTITY) as warm:
                     await frame(warm)
                 await asyncio.sleep(0.5)
                 before = rss(proc_a.pid)
@@ -123,7 +126,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for start in range(0, args.sockets, 100):
                     count = min(100, args.sockets - start)
                     idle += await asyncio.gather(
-                        *(websockets.connect(ws_a + conversations[n % 10]) for n in range(start, start + count))
+                        *(
+                            websockets.connect(ws_a + conversations[n % 10], additional_headers=IDENTITY)
+                            for n in range(start, start + count)
+                        )
                     )
                 await asyncio.gather(*(frame(ws) for ws in idle))
                 await asyncio.sleep(1.0)
@@ -138,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 # 2. callback on B -> frame on A
                 latencies = []
-                async with websockets.connect(ws_a + "latency") as watcher:
+                async with websockets.connect(ws_a + "latency", additional_headers=IDENTITY) as watcher:
                     await frame(watcher)
                     for n in range(args.rounds):
                         started = await on_b.post(

@@ -23,6 +23,7 @@ from elevenlabs_agent.redis_urls import ClusterUnavailable, open_redis, parse_re
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import SentinelSetup, Stack, StackFactory, eventually
+from tests.helpers import connect_ws
 from tests.test_delivery import subscribe
 
 TASK_TTL = 86_400
@@ -480,15 +481,13 @@ async def test_sort_orders_and_live_updates_on_cluster(cluster_stack: Stack) -> 
     is cluster-wide) and reach the instance's one subscription."""
     import asyncio
 
-    import websockets
-
     stack = cluster_stack
     api = "/agent-conversations/api"
     for n in range(3):
         await stack.create_conversation(conversationId=f"k{n}")
         await asyncio.sleep(0.01)
     url = f"{stack.service.ws_url}{api}/ws?conversationId=k0"
-    async with websockets.connect(url) as ws:
+    async with connect_ws(url) as ws:
         assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "agent_conversation.snapshot"
         message = {"role": "user", "content": "on the cluster", "source": "text"}
         for conversation_id, count in (("k0", 3), ("k2", 1)):
@@ -517,12 +516,10 @@ async def test_sort_orders_and_live_updates_on_cluster(cluster_stack: Stack) -> 
 async def test_live_updates_through_sentinel(make_stack: StackFactory, redis_sentinel: SentinelSetup) -> None:
     import asyncio
 
-    import websockets
-
     stack = await make_stack(redis_url=redis_sentinel.url)
     conversation_id = await stack.create_conversation()
     api = "/agent-conversations/api"
-    async with websockets.connect(f"{stack.service.ws_url}{api}/ws?conversationId={conversation_id}") as ws:
+    async with connect_ws(f"{stack.service.ws_url}{api}/ws?conversationId={conversation_id}") as ws:
         assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "agent_conversation.snapshot"
         message = {"role": "user", "content": "via sentinel", "source": "text"}
         assert (await stack.http.post(f"{api}/{conversation_id}/message", json=message)).status_code == 201

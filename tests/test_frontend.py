@@ -16,7 +16,6 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
@@ -24,6 +23,7 @@ from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
+from tests.helpers import BROWSER_IDENTITY, connect_ws
 from tests.test_conversations import assert_conversation_shape, assert_error
 
 API = "/agent-conversations/api"
@@ -239,7 +239,7 @@ async def test_websocket_snapshot_then_an_update_for_every_kind_of_change(live_s
     stack = live_stack
     stack.runner.callback_kind = "none"
     conversation_id = await stack.create_conversation(agentId=AGENT_ID)
-    async with websockets.connect(ws_url(stack, conversation_id), origin="https://ui.example.com") as ws:
+    async with connect_ws(ws_url(stack, conversation_id), origin="https://ui.example.com") as ws:
         snapshot = await next_frame(ws)
         assert snapshot["type"] == "agent_conversation.snapshot"
         assert snapshot["conversationId"] == conversation_id
@@ -298,7 +298,7 @@ async def test_websocket_changes_to_other_conversations_are_not_sent(live_stack:
     stack = live_stack
     mine = await stack.create_conversation()
     other = await stack.create_conversation()
-    async with websockets.connect(ws_url(stack, mine)) as ws:
+    async with connect_ws(ws_url(stack, mine)) as ws:
         assert (await next_frame(ws))["type"] == "agent_conversation.snapshot"
         message = {"role": "user", "content": "elsewhere", "source": "text"}
         await stack.http.post(f"{API}/{other}/message", json=message)
@@ -309,7 +309,7 @@ async def test_websocket_changes_to_other_conversations_are_not_sent(live_stack:
 
 
 async def test_websocket_unknown_conversation_gets_an_error_frame_and_a_close(live_stack: Stack) -> None:
-    async with websockets.connect(ws_url(live_stack, "no-such-conversation")) as ws:
+    async with connect_ws(ws_url(live_stack, "no-such-conversation")) as ws:
         frame = await next_frame(ws)
         assert frame == {"type": "error", "error": "conversation not found", "conversationId": "no-such-conversation"}
         with pytest.raises(ConnectionClosed) as closed:
@@ -319,7 +319,7 @@ async def test_websocket_unknown_conversation_gets_an_error_frame_and_a_close(li
 
 @pytest.mark.parametrize("query", ["", "?conversationId=", "?conversationId=a%2Ab", "?conversationId=" + "x" * 200])
 async def test_websocket_malformed_id_gets_an_error_frame(live_stack: Stack, query: str) -> None:
-    async with websockets.connect(f"{live_stack.service.ws_url}{API}/ws{query}") as ws:
+    async with connect_ws(f"{live_stack.service.ws_url}{API}/ws{query}") as ws:
         frame = await next_frame(ws)
         assert frame["type"] == "error" and "conversationId" in frame["error"]
         with pytest.raises(ConnectionClosed) as closed:
@@ -331,12 +331,12 @@ async def test_websocket_origin_rules_match_cors(live_stack: Stack) -> None:
     stack = live_stack
     conversation_id = await stack.create_conversation()
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(stack, conversation_id), origin="https://evil.example.com")
+        await connect_ws(ws_url(stack, conversation_id), origin="https://evil.example.com")
     assert refused.value.response.status_code == 403
     # The page's own origin (same host as the request) and non-browser clients (no Origin) are allowed.
     same = f"http://127.0.0.1:{stack.service.port}"
     for origin in ("https://ui.example.com", same, None):
-        async with websockets.connect(ws_url(stack, conversation_id), origin=origin) as ws:  # type: ignore[arg-type]
+        async with connect_ws(ws_url(stack, conversation_id), origin=origin) as ws:  # type: ignore[arg-type]
             assert (await next_frame(ws))["type"] == "agent_conversation.snapshot"
     metrics = (await stack.http.get("/metrics")).text
     assert 'elevenlabs_agent_websocket_connections_total{outcome="origin_rejected"} 1.0' in metrics
@@ -345,7 +345,7 @@ async def test_websocket_origin_rules_match_cors(live_stack: Stack) -> None:
 async def test_websocket_refused_when_the_feature_flag_is_off(make_stack: StackFactory) -> None:
     stack = await make_stack(elevenlabs_agent_enabled=False)
     with pytest.raises(InvalidStatus) as refused:
-        await websockets.connect(ws_url(stack, "c1"))
+        await connect_ws(ws_url(stack, "c1"))
     assert refused.value.response.status_code == 403
 
 
@@ -364,7 +364,7 @@ async def test_websocket_subscribers_gauge_counts_open_sockets(live_stack: Stack
         line = next(x for x in text.splitlines() if x.startswith("elevenlabs_agent_websocket_subscribers "))
         return float(line.split()[1])
 
-    sockets = [await websockets.connect(ws_url(stack, conversation_id)) for _ in range(3)]
+    sockets = [await connect_ws(ws_url(stack, conversation_id)) for _ in range(3)]
     for ws in sockets:
         await next_frame(ws)
     assert await gauge() == 3
@@ -382,7 +382,7 @@ async def test_websocket_resyncs_after_redis_restarts(make_stack: StackFactory, 
     gets the conversation again (reason `resync`)."""
     stack = await make_stack()
     conversation_id = await stack.create_conversation()
-    async with websockets.connect(ws_url(stack, conversation_id)) as ws:
+    async with connect_ws(ws_url(stack, conversation_id)) as ws:
         assert (await next_frame(ws))["type"] == "agent_conversation.snapshot"
         redis_server.stop()
         redis_server.start()
@@ -390,7 +390,7 @@ async def test_websocket_resyncs_after_redis_restarts(make_stack: StackFactory, 
         assert frame["conversation"]["conversationId"] == conversation_id
         # And live updates flow again afterwards.
         message = {"role": "user", "content": "after restart", "source": "text"}
-        async with httpx.AsyncClient(base_url=stack.service.url, timeout=10) as http:
+        async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=stack.service.url, timeout=10) as http:
 
             async def appended() -> bool:
                 return (await http.post(f"{API}/{conversation_id}/message", json=message)).status_code == 201

@@ -22,13 +22,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
 
 from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import eventually
+from tests.helpers import BROWSER_IDENTITY, connect_ws
 from tests.serve_proc import ServeProcess, ServeProcesses
 
 WEBHOOK_SECRET = "live-webhook-secret-0123456789"
@@ -66,7 +66,7 @@ async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT, *, skip_resync: bo
 
 
 async def metric(service: ServeProcess, name: str) -> float:
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as http:
         text = (await http.get("/metrics")).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
@@ -88,14 +88,14 @@ async def test_a_callback_stored_by_instance_b_reaches_a_socket_on_instance_a(
         await asyncio.gather(a.start(path="/ready"), b.start(path="/ready"))
         conversation_id = "conv-live-two"
         async with (
-            httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
-            httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
-            websockets.connect(ws_url(a, conversation_id)) as unknown_yet,
+            httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=a.url, timeout=10) as on_a,
+            httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=b.url, timeout=10) as on_b,
+            connect_ws(ws_url(a, conversation_id)) as unknown_yet,
         ):
             assert (await next_frame(unknown_yet))["type"] == "error"
             assert (await on_b.post(f"{API}/new", json={"conversationId": conversation_id})).status_code == 201
 
-            async with websockets.connect(ws_url(a, conversation_id)) as ws:
+            async with connect_ws(ws_url(a, conversation_id)) as ws:
                 snapshot = await next_frame(ws)
                 assert snapshot["type"] == "agent_conversation.snapshot"
                 assert snapshot["conversation"]["messages"] == []
@@ -148,9 +148,9 @@ async def test_a_callback_stored_by_instance_b_reaches_a_socket_on_instance_a(
 async def test_drain_closes_websockets_with_1001(serve_procs: ServeProcesses, redis_server: RedisServer) -> None:
     a = serve_procs.new(REDIS_URL=redis_server.url)
     await a.start(path="/ready")
-    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=a.url, timeout=10) as http:
         assert (await http.post(f"{API}/new", json={"conversationId": "conv-drain"})).status_code == 201
-    sockets = [await websockets.connect(ws_url(a, "conv-drain")) for _ in range(3)]
+    sockets = [await connect_ws(ws_url(a, "conv-drain")) for _ in range(3)]
     for ws in sockets:
         assert (await next_frame(ws))["type"] == "agent_conversation.snapshot"
     a.terminate()
@@ -170,7 +170,7 @@ def silent_websocket(port: int, conversation_id: str) -> socket.socket:
         (
             f"GET {API}/ws?conversationId={conversation_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Version: 13\r\nX-Forwarded-User: test-user\r\n\r\n"
         ).encode()
     )
     sock.settimeout(10)
@@ -183,12 +183,12 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
 ) -> None:
     a = serve_procs.new(REDIS_URL=redis_server.url, WS_PING_INTERVAL_SECONDS="0.3", WS_PING_TIMEOUT_SECONDS="0.3")
     await a.start(path="/ready")
-    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=a.url, timeout=10) as http:
         assert (await http.post(f"{API}/new", json={"conversationId": "conv-silent"})).status_code == 201
     sock = await asyncio.to_thread(silent_websocket, a.port, "conv-silent")
     try:
         # A live client answers pings (the websockets library does) and stays.
-        async with websockets.connect(ws_url(a, "conv-silent")) as alive:
+        async with connect_ws(ws_url(a, "conv-silent")) as alive:
             await next_frame(alive)
 
             async def only_the_live_one() -> bool:
@@ -209,11 +209,11 @@ async def test_one_instance_holds_1000_idle_sockets_with_bounded_memory(
     a = serve_procs.new(REDIS_URL=redis_server.url)
     await a.start(path="/ready")
     conversations = [f"conv-idle-{n}" for n in range(10)]
-    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=a.url, timeout=10) as http:
         for conversation_id in conversations:
             assert (await http.post(f"{API}/new", json={"conversationId": conversation_id})).status_code == 201
         # Warm-up: first-use allocations (imports, pools) are not per-socket costs.
-        async with websockets.connect(ws_url(a, conversations[0])) as ws:
+        async with connect_ws(ws_url(a, conversations[0])) as ws:
             await next_frame(ws)
         await asyncio.sleep(0.5)
         before = rss_bytes(a.pid)
@@ -221,7 +221,7 @@ async def test_one_instance_holds_1000_idle_sockets_with_bounded_memory(
         sockets: list[Any] = []
         for start in range(0, IDLE_SOCKETS, 100):
             batch = await asyncio.gather(
-                *(websockets.connect(ws_url(a, conversations[n % 10])) for n in range(start, start + 100))
+                *(connect_ws(ws_url(a, conversations[n % 10])) for n in range(start, start + 100))
             )
             sockets.extend(batch)
         try:

@@ -28,6 +28,7 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
 from tests.conftest import Stack, StackFactory
+from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcesses, clean_env
 from tests.test_cluster import nodes_holding
 
@@ -264,7 +265,7 @@ async def spool_in_a_process(
     """A `serve` process holding `count` spooled callbacks (Redis killed after the tasks started)."""
     service = procs.new(REDIS_URL=redis.url, CURSOR_RUNNER_URL=runner_url, REDIS_TIMEOUT_SECONDS="1")
     await service.start(path="/ready")
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
         created = await client.post("/agent-conversations/api/new", json={"conversationId": conversation})
         assert created.status_code == 201, created.text
         tasks = []
@@ -325,7 +326,7 @@ async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_pro
             took = time.monotonic() - returned_at
             pending = await direct.hkeys("elevenlabs:pending:{conv-spool-kill}")
             assert sorted(pending) == sorted(tasks), "results not waiting for delivery in the outbox"
-            async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+            async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=second.url, timeout=10) as client:
                 conversation = (await client.get("/agent-conversations/api/conv-spool-kill")).json()
             tool_messages = [m for m in conversation["messages"] if m.get("taskId") in tasks]
             assert {m["taskId"] for m in tool_messages} == set(tasks)
