@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 import websockets
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, Group, group_of
 from elevenlabs_agent.http.routes import ROUTES
@@ -37,6 +37,7 @@ EXPECTED_GROUPS = {
     "/config/health": Group.BROWSER,
     "/signed-url": Group.BROWSER,
     "/agent-conversations/api/list": Group.BROWSER,
+    "/agent-conversations/api/ws": Group.BROWSER,
     "/agent-conversations/api/new": Group.BROWSER,
     "/agent-conversations/api/{conversation_id}": Group.BROWSER,
     "/agent-conversations/api/{conversation_id}/message": Group.BROWSER,
@@ -54,8 +55,7 @@ def _browser_requests() -> list[tuple[str, str, Any]]:
     """(method, path, JSON body) for every browser-group route: a request that works with an identity."""
     requests: list[tuple[str, str, Any]] = []
     for route in ROUTES:
-        assert isinstance(route, Route)
-        if EXPECTED_GROUPS[route.path] is not Group.BROWSER:
+        if not isinstance(route, Route) or EXPECTED_GROUPS[route.path] is not Group.BROWSER:
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
             body: Any = None
@@ -87,7 +87,7 @@ def _assert_401(response: httpx.Response, what: str) -> None:
 
 
 def test_every_route_belongs_to_its_documented_group() -> None:
-    paths = {r.path for r in ROUTES if isinstance(r, Route)}
+    paths = {r.path for r in ROUTES if isinstance(r, Route | WebSocketRoute)}
     assert paths <= set(EXPECTED_GROUPS), f"a route without a documented group: {paths - set(EXPECTED_GROUPS)}"
     for path, group in EXPECTED_GROUPS.items():
         assert group_of(_concrete(path)) is group, path
@@ -124,6 +124,9 @@ async def test_identity_header_from_an_untrusted_peer_is_ignored(make_stack: Sta
             response = await _send(spoofer, method, path, body)
             _assert_401(response, f"spoofed {method} {path}")
             assert "untrusted" in response.json()["error"]
+        # The WebSocket handshake from there: refused the same way (websockets has no source-address
+        # option, so the handshake is written by hand on a socket bound to 127.0.0.2).
+        assert await _raw_handshake_status(stack, "127.0.0.2", BROWSER_IDENTITY) == 401
         # X-Forwarded-For naming a trusted address changes nothing: trust is the TCP peer's.
         forwarded = await spoofer.get("/agent-conversations/api/list", headers={"X-Forwarded-For": "127.0.0.1"})
         assert forwarded.status_code == 401
@@ -148,6 +151,12 @@ async def test_token_mode_bearer_and_cookie(make_stack: StackFactory) -> None:
         # The proxy's identity header means nothing in token mode.
         assert (await client.get("/agent-conversations/api/list", headers=BROWSER_IDENTITY)).status_code == 401
 
+    ws_url = stack.service.ws_url + "/agent-conversations/api/ws?conversationId=conv-auth"
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Cookie": f"{TOKEN_COOKIE}=nope"}, BROWSER_IDENTITY):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(ws_url, additional_headers=headers)
+        assert refused.value.response.status_code == 401, headers
+
     bearer = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, timeout=10, headers=bearer) as client:
         created = await client.post("/agent-conversations/api/new", json={"conversationId": "conv-auth"})
@@ -168,6 +177,9 @@ async def test_token_mode_bearer_and_cookie(make_stack: StackFactory) -> None:
             async for chunk in events.aiter_raw():
                 assert chunk.startswith(b"retry:")
                 break
+        # So does the WebSocket handshake (a browser sends the cookie with it).
+        async with websockets.connect(ws_url, additional_headers={"Cookie": f"{TOKEN_COOKIE}={token}"}) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "agent_conversation.snapshot"
         assert (await browser.delete(AUTH_PATH)).status_code == 200
         assert (await browser.get("/agent-conversations/api/list")).status_code == 401
 
@@ -266,3 +278,19 @@ async def test_websocket_handshake_needs_identity(stack: Stack) -> None:
         await websockets.connect(url)
     assert refused.value.response.status_code == 401
     assert orjson.loads(refused.value.response.body or b"{}")["success"] is False
+
+
+async def _raw_handshake_status(stack: Stack, source: str, headers: dict[str, str]) -> int:
+    """The HTTP status of a WebSocket handshake sent from `source` (a loopback address)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.service.port, local_addr=(source, 0))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(
+        (
+            "GET /agent-conversations/api/ws?conversationId=conv-auth HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{stack.service.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra + "\r\n"
+        ).encode()
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(status_line.split()[1])
