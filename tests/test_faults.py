@@ -762,7 +762,10 @@ async def test_elevenlabs_answering_garbage_to_signed_url_is_a_bounded_json_erro
     problems: dict[str, str] = {}
     rows = []
     async with Misbehaving("text") as upstream:
-        stack = await make_stack(elevenlabs_api_url=upstream.url, upstream_timeout_seconds=timeout)
+        # Many signed URLs from one identity: above the default per-minute limit on purpose.
+        stack = await make_stack(
+            elevenlabs_api_url=upstream.url, upstream_timeout_seconds=timeout, signed_url_rate_per_minute=1000
+        )
         # The SDK imports its conversational-AI client on first use (~0.6 s, blocking): not measured here.
         await stack.http.get("/signed-url", params={"agentId": "agent_test"})
         for mode, allowed in SIGNED_URL_GARBAGE.items():

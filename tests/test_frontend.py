@@ -23,24 +23,14 @@ from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
-from tests.helpers import BROWSER_IDENTITY, connect_ws
+from tests.helpers import BROWSER_IDENTITY, FRAME_TIMEOUT, connect_ws, next_frame
 from tests.test_conversations import assert_conversation_shape, assert_error
 
 API = "/agent-conversations/api"
-FRAME_TIMEOUT = 10.0
 
 
 def ws_url(stack: Stack, conversation_id: str) -> str:
     return f"{stack.service.ws_url}{API}/ws?conversationId={conversation_id}"
-
-
-async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT, *, skip_resync: bool = True) -> dict[str, Any]:
-    """The next frame; a `resync` (sent when the instance's Pub/Sub subscription was established after
-    this socket subscribed, e.g. right after startup) is skipped unless asked for."""
-    while True:
-        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if not (skip_resync and frame.get("reason") == "resync"):
-            return frame
 
 
 async def frame_where(ws: Any, check: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
@@ -239,6 +229,10 @@ async def test_websocket_snapshot_then_an_update_for_every_kind_of_change(live_s
     stack = live_stack
     stack.runner.callback_kind = "none"
     conversation_id = await stack.create_conversation(agentId=AGENT_ID)
+    # The registry is the process's: other tests' sockets count too, so compare with before.
+    accepted = 'elevenlabs_agent_websocket_connections_total{outcome="accepted"}'
+    snapshots = 'elevenlabs_agent_websocket_frames_total{type="agent_conversation.snapshot"}'
+    before = await metric_values(stack, accepted, snapshots)
     async with connect_ws(ws_url(stack, conversation_id), origin="https://ui.example.com") as ws:
         snapshot = await next_frame(ws)
         assert snapshot["type"] == "agent_conversation.snapshot"
@@ -289,9 +283,15 @@ async def test_websocket_snapshot_then_an_update_for_every_kind_of_change(live_s
         await ws.send('{"type":"ping"}')
         assert await next_frame(ws) == {"type": "pong"}
 
-    metrics = (await stack.http.get("/metrics")).text
-    assert 'elevenlabs_agent_websocket_connections_total{outcome="accepted"} 1.0' in metrics
-    assert 'elevenlabs_agent_websocket_frames_total{type="agent_conversation.snapshot"} 1.0' in metrics
+    after = await metric_values(stack, accepted, snapshots)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0, 1.0]
+
+
+async def metric_values(stack: Stack, *samples: str) -> list[float]:
+    """The current values of these samples (`name{labels}`) in /metrics; 0 for one not there yet."""
+    lines = (await stack.http.get("/metrics")).text.splitlines()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")}
+    return [values.get(sample, 0.0) for sample in samples]
 
 
 async def test_websocket_changes_to_other_conversations_are_not_sent(live_stack: Stack) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -28,13 +27,12 @@ from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import eventually
-from tests.helpers import BROWSER_IDENTITY, connect_ws
+from tests.helpers import BROWSER_IDENTITY, FRAME_TIMEOUT, connect_ws, next_frame
 from tests.serve_proc import ServeProcess, ServeProcesses
 
 WEBHOOK_SECRET = "live-webhook-secret-0123456789"
 RUNNER_SECRET = "live-runner-secret-0123456789"
 API = "/agent-conversations/api"
-FRAME_TIMEOUT = 10.0
 IDLE_SOCKETS = 1_000
 
 
@@ -54,15 +52,6 @@ def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
 
 def ws_url(service: ServeProcess, conversation_id: str) -> str:
     return f"ws://127.0.0.1:{service.port}{API}/ws?conversationId={conversation_id}"
-
-
-async def next_frame(ws: Any, timeout: float = FRAME_TIMEOUT, *, skip_resync: bool = True) -> dict[str, Any]:
-    """The next frame; a `resync` (sent when the instance's Pub/Sub subscription was established after
-    this socket subscribed, e.g. right after startup) is skipped unless asked for."""
-    while True:
-        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if not (skip_resync and frame.get("reason") == "resync"):
-            return frame
 
 
 async def metric(service: ServeProcess, name: str) -> float:

@@ -351,6 +351,7 @@ def test_stats_json_reports_every_family_with_counts_ttls_and_task_health(url: s
         "event_streams": 0,
         "pending_results": 2,
         "locks": 0,
+        "rate_limits": 0,
     }
     without_ttl = {name: f["withoutTtl"] for name, f in families.items()}
     assert without_ttl == {
@@ -364,6 +365,7 @@ def test_stats_json_reports_every_family_with_counts_ttls_and_task_health(url: s
         "event_streams": 0,
         "pending_results": 0,
         "locks": 0,
+        "rate_limits": 0,
     }
     for name in ("sessions", "tasks", "conversations", "pending_results"):
         assert families[name]["memoryBytesEstimate"] > 0, families[name]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import parse_qs, unquote
 
+from redis._parsers import AsyncCommandsParser
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -130,10 +131,25 @@ class ClusterUnavailable(RedisConnectionError):
     """No cluster node answered, or a hash slot has no master serving it."""
 
 
+class _CommandTableOnce(AsyncCommandsParser):
+    """redis-py re-reads the COMMAND table from the default node (the first master) every time it
+    re-learns the slot map, that is after every failed command: with that master down, commands for
+    the healthy masters failed too. The table does not change with the topology: read it once."""
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if not self.commands:
+            await super().initialize(node)
+
+
 class ServiceCluster(RedisCluster):
     """redis-py's RedisCluster, except that an unreachable cluster raises a `ConnectionError` (a
     `RedisError`) like an unreachable single server does, not a bare `RedisClusterException`: the
-    service's "Redis is down" handling (503, /ready, housekeeping) then covers clusters too."""
+    service's "Redis is down" handling (503, /ready, housekeeping) then covers clusters too; and one
+    master down does not fail commands for the others (`_CommandTableOnce`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands_parser = _CommandTableOnce()
 
     async def initialize(
         self,

@@ -261,6 +261,7 @@ class CallbackService:
             async with self.tasks.redis.pipeline(transaction=False) as pipe:
                 self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
                 await pipe.execute()
+        await self.conversations.index_write(outcome.conversation_id, now, created=True)
 
     async def replay(self, spooled: SpooledCallback) -> str:
         """Record one spooled callback as if it arrived now (Redis errors propagate: the replayer

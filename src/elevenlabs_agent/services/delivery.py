@@ -53,7 +53,7 @@ class DeliveryService:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run delivery after the response; tracked so shutdown can wait for it."""
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(_logging_redis_errors(work))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -192,3 +192,12 @@ class DeliveryService:
                 await read
             return None
         return read.result()
+
+
+async def _logging_redis_errors(work: Coroutine[Any, Any, None]) -> None:
+    """A delivery that loses Redis halfway leaves its result pending (offered again on the next
+    registration or by housekeeping): say so with the usual event, not an unretrieved task error."""
+    try:
+        await work
+    except (RedisError, OSError) as exc:
+        log.error(events.REDIS_UNAVAILABLE, path="delivery", error=type(exc).__name__)

@@ -175,6 +175,7 @@ class ToolService:
             )
             self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
             _, message_field, *_ = await pipe.execute()
+        await self.conversations.index_write(conversation_id, now, created=True)
         if message_field == "":
             await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
             metrics.WEBHOOKS.labels("conversation_full").inc()
@@ -211,17 +212,25 @@ class ToolService:
             # cursor-runner's callback beat its own answer (or its timeout): the task did run.
             metrics.WEBHOOKS.labels("task_started").inc()
             return _answer(task_id, "finished", speech.TASK_ALREADY_FINISHED)
+        failed_at = now_iso()
         failed = {
             **message,
             "status": "failed",
             "content": f"Could not start code task {task_id}: {result.reason}.",
-            "timestamp": now_iso(),
+            "timestamp": failed_at,
         }
         async with self.tasks.redis.pipeline(transaction=False) as pipe:
             self.conversations.queue_upsert_message(
-                pipe, conversation_id, failed, now=now_iso(), reason="tool_result", task_id=task_id, capped=False
+                pipe,
+                conversation_id,
+                failed,
+                now=failed_at,
+                reason="tool_result",
+                task_id=task_id,
+                capped=False,
             )
             await pipe.execute()
+        await self.conversations.index_write(conversation_id, failed_at, created=False)
         metrics.WEBHOOKS.labels("dispatch_failed").inc()
         return _answer(task_id, "failed", speech.DISPATCH_FAILED, error=error)
 

@@ -11,7 +11,8 @@ Three sorted sets of conversation ids make every listing order one range read (Z
 lastAccessedAt (ms) and `elevenlabs:conversations:by-message-count` by the number of messages (ties
 in id order). On one server (or Sentinel) the scripts that write a conversation update all three in
 the same atomic step. On Redis Cluster a script may only touch its own key's slot: the createdAt and
-lastAccessedAt scores ride in the same pipeline, and the message counts of recently accessed
+lastAccessedAt scores of a message are written right after its script, best effort (`index_write`:
+an index's master being down must not fail the write), and the message counts of recently accessed
 conversations are refreshed by housekeeping (`repair_indexes`), which also backfills conversations
 stored before the secondary indexes existed. All persistent: conversations are the history.
 
@@ -29,6 +30,7 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.stores import lua
@@ -233,8 +235,22 @@ class ConversationStore:
                 _announcement(conversation_id, reason),
             ],
         )
-        if self.cluster:
-            self._queue_cluster_index(pipe, conversation_id, ms, created=create)
+
+    async def index_write(self, conversation_id: str, now: str, *, created: bool) -> bool:
+        """Cluster only, after an upsert's pipeline ran: the listing-index scores its script could not
+        write (they live in other slots). Best effort, so that derived data never fails the write it
+        follows (a result recorded on one master while the master of an index is down); housekeeping
+        (`repair_indexes`) and the next write of the conversation bring the indexes back. False if
+        the index write failed."""
+        if not self.cluster:
+            return True
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._queue_cluster_index(pipe, conversation_id, _score(now), created=created)
+                await pipe.execute()
+        except (RedisError, OSError):
+            return False
+        return True
 
     def _queue_cluster_index(self, pipe: Pipeline, conversation_id: str, ms: int, *, created: bool) -> None:
         """The index scores known before the script runs; message counts come from `repair_indexes`."""
@@ -246,15 +262,23 @@ class ConversationStore:
             # XX: a write to a conversation that does not exist must not put its id in an index.
             pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, xx=True, gt=True)
 
-    async def announce(self, conversation_id: str, reason: str) -> None:
-        """Tell subscribers the conversation changed in a way its hash does not show (a delivery)."""
-        await self.redis.publish(UPDATES_CHANNEL, _announcement(conversation_id, reason))
+    async def announce(self, conversation_id: str, reason: str) -> bool:
+        """Tell subscribers the conversation changed in a way its hash does not show (a delivery).
+        Best effort, like every Pub/Sub message: the change it announces is stored already, and on a
+        cluster PUBLISH goes to one node that may be the one down. False if it was not sent."""
+        try:
+            await self.redis.publish(UPDATES_CHANNEL, _announcement(conversation_id, reason))
+        except (RedisError, OSError):
+            return False
+        return True
 
     async def append_message(self, conversation_id: str, message: dict[str, Any], now: str) -> bool:
         """Append a client message; False if the conversation does not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
             self.queue_upsert_message(pipe, conversation_id, message, now=now, reason="message")
             field, *_ = await pipe.execute()
+        if field:
+            await self.index_write(conversation_id, now, created=False)
         if field == "":
             raise ConversationFull(conversation_id)
         return field is not None

@@ -3,7 +3,12 @@
 Each script touches exactly one key, so every atomic step stays valid on Redis Cluster.
 """
 
+from typing import Any
+
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+
+from elevenlabs_agent.redis_urls import is_cluster
 
 # HSET field/value pairs and set the TTL in one atomic step, so a key is never left without its TTL.
 # KEYS[1]; ARGV[1] = ttl seconds; ARGV[2..] = field, value, ...
@@ -30,3 +35,22 @@ def queue_eval(pipe: Pipeline, script: str, keys: list[str], args: list[str | in
     restart.
     """
     pipe.eval(script, len(keys), *keys, *args)
+
+
+class OneKeyScript:
+    """A script on one key, run as EVALSHA on one server and as EVAL on a Redis Cluster.
+
+    On a cluster redis-py answers NOSCRIPT by loading the script on every master at once: a script
+    first used while any master is down would then fail for keys on the healthy masters too (a
+    callback recorded on a live master would be refused because another one is down)."""
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self.redis = redis
+        self.source = source
+        self.cluster = is_cluster(redis)
+        self.script = redis.register_script(source)
+
+    async def __call__(self, key: str, args: list[Any]) -> Any:
+        if self.cluster:
+            return await self.redis.eval(self.source, 1, key, *args)
+        return await self.script(keys=[key], args=args)

@@ -141,8 +141,8 @@ class TaskStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._complete = redis.register_script(_COMPLETE)
-        self._fail_dispatch = redis.register_script(_FAIL_DISPATCH)
+        self._complete = lua.OneKeyScript(redis, _COMPLETE)
+        self._fail_dispatch = lua.OneKeyScript(redis, _FAIL_DISPATCH)
 
     def queue_create(
         self,
@@ -174,7 +174,7 @@ class TaskStore:
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
-        return bool(await self._fail_dispatch(keys=[key(task_id)], args=[error, now]))
+        return bool(await self._fail_dispatch(key(task_id), [error, now]))
 
     async def complete(
         self,
@@ -189,8 +189,8 @@ class TaskStore:
     ) -> Completion:
         """Record a callback's result atomically: auth check, idempotency and the write in one step."""
         reply = await self._complete(
-            keys=[key(task_id)],
-            args=[
+            key(task_id),
+            [
                 token_hash,
                 "1" if shared_secret_ok else "0",
                 status,
