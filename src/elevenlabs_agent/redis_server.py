@@ -30,6 +30,19 @@ def free_port() -> int:
         return port
 
 
+def _listening(port: int) -> bool:
+    """Something listens on this TCP port (Linux: /proc/net/tcp, state 0A = LISTEN)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(r.split()[1].endswith(suffix) and r.split()[3] == "0A" for r in rows):
+            return True
+    return False
+
+
 def free_cluster_port(attempts: int = 200) -> int:
     """A free loopback port whose cluster bus port (+10000) is free too, as a cluster node needs."""
     for _ in range(attempts):
@@ -135,8 +148,11 @@ class RedisServer:
             while True:
                 if self.process.poll() is not None:
                     raise RedisServerError(f"redis-server exited with {self.process.returncode}; see {self.log_path}")
+                # Connect only once it listens: a connection to a port nobody listens on yet, in the
+                # ephemeral range, can be given that same port as its source and talk to itself
+                # (TCP self-connect: our own HELLO read back as the reply).
                 try:
-                    if client.ping():
+                    if _listening(self.port) and client.ping():
                         return
                 except redis.RedisError:
                     pass
