@@ -105,7 +105,7 @@ class BrowserAuth:
         return sum(hmac.compare_digest(digest, known) for known in self.token_digests) > 0
 
     def _by_proxy(self, scope: Scope) -> Identity | Refusal:
-        value = _header(scope, self.header)
+        value = header(scope, self.header)
         if value is None:
             return Refusal("missing", "authentication required (no identity from the authenticating proxy)")
         if not self._peer_trusted(scope):
@@ -125,7 +125,7 @@ class BrowserAuth:
         return any(peer in network for network in self.trusted)
 
     def _by_token(self, scope: Scope) -> Identity | Refusal:
-        token = _bearer(scope) or _cookie(scope, TOKEN_COOKIE)
+        token = bearer(scope) or _cookie(scope, TOKEN_COOKIE)
         if token is None:
             return Refusal("missing", "authentication required (Authorization: Bearer <token> or the session cookie)")
         if not self.token_valid(token):
@@ -137,25 +137,27 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a header (name in lower case), as sent."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
     return None
 
 
-def _bearer(scope: Scope) -> str | None:
-    value = _header(scope, b"authorization")
+def bearer(scope: Scope) -> str | None:
+    """The token of `Authorization: Bearer <token>` (webhook secrets and browser tokens alike)."""
+    value = header(scope, b"authorization")
     if value is None or value[:7].lower() != "bearer ":
         return None
     return value[7:].strip() or None
 
 
 def _cookie(scope: Scope, name: str) -> str | None:
-    header = _header(scope, b"cookie")
-    if header is None:
+    cookies = header(scope, b"cookie")
+    if cookies is None:
         return None
-    for part in header.split(";"):
+    for part in cookies.split(";"):
         key, _, value = part.strip().partition("=")
         if key == name and value:
             return value

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from elevenlabs_agent import events, metrics
-from elevenlabs_agent.http.access import BrowserAuth, Group, Identity, Refusal, group_of
+from elevenlabs_agent.http.access import BrowserAuth, Group, Identity, Refusal, group_of, header
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS, error_response
 from elevenlabs_agent.logging import get_logger
 
@@ -69,9 +69,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(requestId=request_id)
+        request_id = _bind_request_id(scope)
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -113,9 +111,7 @@ class EdgeMiddleware:
         """The same edge for WebSocket handshakes: request id, feature flag, counted like a request,
         and the browser's Origin checked as CORS would (CORSMiddleware only sees HTTP). A refused
         handshake is a close before accept, which the server answers with HTTP 403."""
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(requestId=request_id)
+        _bind_request_id(scope)
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -169,6 +165,14 @@ class EdgeMiddleware:
         return None
 
 
+def _bind_request_id(scope: Scope) -> str:
+    """The caller's X-Request-Id (or a new one), bound to every log line of this request."""
+    request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(requestId=request_id)
+    return request_id
+
+
 def identity_of(scope: Scope) -> Identity:
     """The identity the edge established for a browser-group request."""
     identity: Identity = scope["state"]["identity"]
@@ -211,8 +215,6 @@ async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> No
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text = value.decode("latin-1")
-            return text if 0 < len(text) <= 128 and text.isprintable() else None
-    return None
+    """A short printable header value (request id, Origin), or None."""
+    text = header(scope, name)
+    return text if text is not None and 0 < len(text) <= 128 and text.isprintable() else None

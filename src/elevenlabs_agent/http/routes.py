@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from elevenlabs_agent import SERVICE_NAME, __version__, events, metrics
 from elevenlabs_agent.http import openapi
-from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, BrowserAuth
+from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, BrowserAuth, bearer
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.logging import get_logger
@@ -58,10 +58,7 @@ def _presented_secret(request: Request, *header_names: str) -> str | None:
     for name in header_names:
         if value := request.headers.get(name):
             return value
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
+    return bearer(request.scope)
 
 
 # --- operations -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
-from elevenlabs_agent.stores.tasks import Task, TaskStore, hash_token
+from elevenlabs_agent.stores.tasks import Completion, Task, TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
 # Fields of cursor-runner's body worth keeping; anything else it may add is ignored.
@@ -165,19 +165,38 @@ class CallbackService:
         metrics.CALLBACKS_SPOOLED.inc()
         metrics.CALLBACKS.labels("spooled").inc()
 
-    async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
-        task_id = callback.request_id
+    async def _complete(
+        self, callback: CallbackBody, token_hash: str, shared_ok: bool, at: str
+    ) -> tuple[Completion, Outcome]:
+        """Store the result on its task (secret check and idempotency in one atomic step), and the
+        `Outcome` to record in the conversation when the task accepted it. Live and replayed
+        callbacks alike."""
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
         done = await self.tasks.complete(
-            task_id,
+            callback.request_id,
             token_hash=token_hash,
             shared_secret_ok=shared_ok,
             status=status,
             result=callback.result,
             summary=summary,
-            now=now,
+            now=at,
         )
+        outcome = Outcome(
+            task_id=callback.request_id,
+            conversation_id=done.conversation_id,
+            tool_name=done.tool_name,
+            tool_args=done.tool_args,
+            status=status,
+            summary=summary,
+            result=callback.result,
+            completed_at=at,
+        )
+        return done, outcome
+
+    async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
+        task_id = callback.request_id
+        done, outcome = await self._complete(callback, token_hash, shared_ok, now)
         if done.outcome == "unauthorized":
             return self._unauthorized(task_id, "wrong secret")
         if done.outcome == "unknown":
@@ -189,16 +208,6 @@ class CallbackService:
             metrics.CALLBACKS.labels("duplicate").inc()
             return {"success": True, "requestId": task_id, "duplicate": True, "status": done.previous_status}
 
-        outcome = Outcome(
-            task_id=task_id,
-            conversation_id=done.conversation_id,
-            tool_name=done.tool_name,
-            tool_args=done.tool_args,
-            status=status,
-            summary=summary,
-            result=callback.result,
-            completed_at=now,
-        )
         await self.record(outcome)
         if callback.failed:
             log.info(
@@ -207,10 +216,12 @@ class CallbackService:
                 conversationId=outcome.conversation_id,
                 exitCode=callback.result.get("exitCode"),
             )
-        log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=outcome.conversation_id, status=status)
+        log.info(
+            events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=outcome.conversation_id, status=outcome.status
+        )
         metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
         self.delivery.spawn(self.delivery.deliver(outcome.conversation_id, task_id))
-        return {"success": True, "requestId": task_id, "status": status}
+        return {"success": True, "requestId": task_id, "status": outcome.status}
 
     async def record(self, outcome: Outcome) -> None:
         """Put a stored result into the conversation history and its outbox (one round trip).
@@ -288,17 +299,7 @@ class CallbackService:
 
     async def _replay(self, spooled: SpooledCallback, callback: CallbackBody) -> str:
         task_id = spooled.task_id
-        status = "failed" if callback.failed else "completed"
-        summary = speech.result_summary(callback.failed, callback.result)
-        done = await self.tasks.complete(
-            task_id,
-            token_hash=spooled.token_hash,
-            shared_secret_ok=spooled.shared_ok,
-            status=status,
-            result=callback.result,
-            summary=summary,
-            now=spooled.received_at,
-        )
+        done, recorded = await self._complete(callback, spooled.token_hash, spooled.shared_ok, spooled.received_at)
         if done.outcome == "unauthorized":
             return self._discard(task_id, "forged")
         if done.outcome == "unknown":
@@ -309,18 +310,7 @@ class CallbackService:
             await self.repair([task_id])
             outcome = "duplicate"
         else:
-            await self.record(
-                Outcome(
-                    task_id=task_id,
-                    conversation_id=done.conversation_id,
-                    tool_name=done.tool_name,
-                    tool_args=done.tool_args,
-                    status=status,
-                    summary=summary,
-                    result=callback.result,
-                    completed_at=spooled.received_at,
-                )
-            )
+            await self.record(recorded)
             self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
             outcome = "accepted"
         log.info(events.SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
