@@ -18,9 +18,8 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch
 
 STREAM_PREFIX = "elevenlabs:events:"
 PENDING_PREFIX = "elevenlabs:pending:"
@@ -95,9 +94,8 @@ class Outbox:
         self.ttl = ttl
         self.maxlen = maxlen
 
-    def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
-        lua.queue_eval(
-            pipe,
+    def queue_publish(self, batch: Batch, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
+        batch.eval(
             _PUBLISH,
             [stream_key(conversation_id), pending_key(conversation_id)],
             [task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],

@@ -17,9 +17,9 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch
 
 KEY_PREFIX = "cursor_task:"
 SCAN_PATTERN = KEY_PREFIX + "*"
@@ -144,9 +144,12 @@ class TaskStore:
         self._complete = lua.OneKeyScript(redis, _COMPLETE)
         self._fail_dispatch = lua.OneKeyScript(redis, _FAIL_DISPATCH)
 
+    def batch(self) -> Batch:
+        return Batch(self.redis)
+
     def queue_create(
         self,
-        pipe: Pipeline,
+        batch: Batch,
         *,
         task_id: str,
         conversation_id: str,
@@ -170,7 +173,7 @@ class TaskStore:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        lua.queue_eval(pipe, lua.HSET_WITH_TTL, [key(task_id)], args)
+        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
@@ -212,12 +215,12 @@ class TaskStore:
             return Completion("duplicate", previous_status=reply[1])
         return Completion("unknown" if outcome == "unknown" else "unauthorized")
 
-    def queue_mark_recorded(self, pipe: Pipeline, task_id: str, now: str) -> None:
-        lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
+    def queue_mark_recorded(self, batch: Batch, task_id: str, now: str) -> None:
+        batch.eval(lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
 
-    def queue_mark_delivered(self, pipe: Pipeline, task_id: str, conversation_id: str, via: str, now: str) -> None:
+    def queue_mark_delivered(self, batch: Batch, task_id: str, conversation_id: str, via: str, now: str) -> None:
         """Only a task of this conversation whose result is stored: an ack names ids the client chose."""
-        lua.queue_eval(pipe, _MARK_DELIVERED, [key(task_id)], [conversation_id, now, via])
+        batch.eval(_MARK_DELIVERED, [key(task_id)], [conversation_id, now, via])
 
     async def get(self, task_id: str) -> Task | None:
         h = cast(dict[str, str], await self.redis.hgetall(key(task_id)))
