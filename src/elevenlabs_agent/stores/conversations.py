@@ -24,7 +24,6 @@ conversation on that message sees the change (services/live.py fans it out to We
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -34,6 +33,7 @@ from redis.exceptions import RedisError
 
 from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
+from elevenlabs_agent.stores.keyspace import zscan_members
 from elevenlabs_agent.timeutil import parse_iso
 
 KEY_PREFIX = "elevenlabs:conversation:"
@@ -342,7 +342,7 @@ class ConversationStore:
     async def _backfill(self, max_keys: int, batch: int) -> int:
         added = 0
         seen = 0
-        async for ids in _zscan_batches(self.redis, INDEX_KEY, batch):
+        async for ids in zscan_members(self.redis, INDEX_KEY, batch):
             hashes = await self._scores(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversation_id, (accessed_ms, count) in zip(ids, hashes, strict=True):
@@ -381,13 +381,3 @@ class ConversationStore:
         for created, accessed, seq in rows:
             out.append((_score(accessed or created) if created else None, int(seq or 0)))
         return out
-
-
-async def _zscan_batches(redis: Redis, index: str, batch: int) -> AsyncIterator[Ids]:
-    cursor = 0
-    while True:
-        cursor, entries = await redis.zscan(index, cursor, count=batch)
-        if entries:
-            yield [cast(str, member) for member, _ in entries]
-        if cursor == 0:
-            return

@@ -66,6 +66,17 @@ async def count_keys(redis: Redis, pattern: str, max_keys: int | None = None) ->
     return count
 
 
+async def zscan_members(redis: Redis, zset: str, count: int) -> AsyncIterator[list[str]]:
+    """Batches of the members of one sorted set, by ZSCAN (never one ZRANGE of the whole set)."""
+    cursor = 0
+    while True:
+        cursor, entries = await redis.zscan(zset, cursor, count=count)
+        if entries:
+            yield [cast(str, member) for member, _ in entries]
+        if cursor == 0:
+            return
+
+
 @dataclass(frozen=True)
 class HashRow:
     key: str
