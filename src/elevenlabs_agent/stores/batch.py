@@ -46,22 +46,12 @@ def _raw(reply: Any) -> Any:
     return reply
 
 
-class _Stage:
-    """One pipeline (one round trip) and the decoders of its replies, in queue order."""
-
-    __slots__ = ("pipe", "replies")
-
-    def __init__(self, pipe: Pipeline) -> None:
-        self.pipe = pipe
-        self.replies: list[tuple[Reply[Any], Callable[[Any], Any]]] = []
-
-
 class Batch:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self.cluster = is_cluster(redis)
-        self._stages: list[_Stage] = []
-        self._open = False  # whether commands may join the last stage
+        # Each stage is one pipeline (one round trip); a barrier on a cluster opens the next one.
+        self._stages: list[list[tuple[Queue, Reply[Any], Callable[[Any], Any]]]] = [[]]
         self._after: list[Callable[[], Awaitable[object]]] = []
 
     @overload
@@ -72,14 +62,8 @@ class Batch:
 
     def add(self, queue: Queue, decode: Callable[[Any], Any] = _raw) -> Reply[Any]:
         """Queue one command (`queue` puts it on the pipeline); its reply goes through `decode`."""
-        if not self._open:
-            # Commands are queued as they come; the pipeline holds no connection until it runs.
-            self._stages.append(_Stage(self._redis.pipeline(transaction=False)))
-            self._open = True
-        stage = self._stages[-1]
-        queue(stage.pipe)
         reply: Reply[Any] = Reply()
-        stage.replies.append((reply, decode))
+        self._stages[-1].append((queue, reply, decode))
         return reply
 
     def eval(self, script: str, keys: list[str], args: list[str | int]) -> Reply[Any]:
@@ -90,8 +74,8 @@ class Batch:
 
     def barrier(self) -> None:
         """What is queued from now on runs only once everything queued before is stored."""
-        if self.cluster:
-            self._open = False
+        if self.cluster and self._stages[-1]:
+            self._stages.append([])
 
     def after(self, step: Callable[[], Awaitable[object]]) -> None:
         """Run `step` once every stage ran (a store's follow-up that must not fail the batch)."""
@@ -100,9 +84,15 @@ class Batch:
     async def run(self) -> None:
         """Send the batch; a Redis error propagates and leaves later stages unsent."""
         for stage in self._stages:
-            async with stage.pipe as pipe:
-                replies = await pipe.execute()
-            for (reply, decode), value in zip(stage.replies, replies, strict=True):
-                reply._set(decode(value))
+            if stage:
+                await self._send(stage)
         for step in self._after:
             await step()
+
+    async def _send(self, stage: list[tuple[Queue, Reply[Any], Callable[[Any], Any]]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, _, _ in stage:
+                queue(pipe)
+            replies = await pipe.execute()
+        for (_, reply, decode), value in zip(stage, replies, strict=True):
+            reply._set(decode(value))
