@@ -90,6 +90,7 @@ class Batch:
             await step()
 
     async def _send(self, stage: list[tuple[Queue, Reply[Any], Callable[[Any], Any]]]) -> None:
+        # Queued only once the pipeline is entered: entering a cluster pipeline starts it afresh.
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, _, _ in stage:
                 queue(pipe)
