@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import RedisCluster
 
-from elevenlabs_agent.ops import inspect as ops_inspect
+from elevenlabs_agent import housekeeping
 from elevenlabs_agent.redis_server import RedisClusterServers
 from elevenlabs_agent.redis_urls import ClusterUnavailable, open_redis, parse_redis_url
 from elevenlabs_agent.settings import Settings
@@ -171,7 +171,7 @@ async def test_flow_on_cluster_push_relay_status_and_conversations(cluster_stack
 async def test_housekeeping_on_cluster_repairs_and_reports(
     cluster_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = cluster_stack
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     stack.runner.callback_kind = "none"
@@ -222,7 +222,7 @@ async def test_callback_on_cluster_marks_recorded_only_after_the_result_is_store
     """A cluster runs each node's share of a pipeline concurrently: if the conversation's node
     fails, the task's node must not have been told the result is recorded (housekeeping then
     finishes the recording once the node is back, and so does the spool's replay of the callback)."""
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = await make_stack(redis_url=redis_cluster.url, redis_timeout_seconds=0.3, housekeeping_interval_seconds=0.3)
     stack.redis = cluster_redis
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)

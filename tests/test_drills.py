@@ -30,14 +30,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from elevenlabs_agent import events
+from elevenlabs_agent import events, housekeeping
 from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.ops import inspect as ops_inspect
 from elevenlabs_agent.redis_server import RedisServer, free_port
-from elevenlabs_agent.services import housekeeping
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import PushMode
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.stores.tasks import STUCK_TASK_AGE
 from elevenlabs_agent.timeutil import parse_iso
 from tests.conftest import Stack, StackFactory
 from tests.helpers import BROWSER_IDENTITY
@@ -1122,7 +1121,7 @@ async def test_drill_5_callback_failures(
     await stack.redis.hset(f"cursor_task:{lost_id}", "createdAt", iso_ago(2 * 3600))
     ttl = await stack.redis.ttl(f"cursor_task:{lost_id}")
     drill.check(
-        2 * 3600 + ttl > ops_inspect.STUCK_TASK_AGE + 3600,
+        2 * 3600 + ttl > STUCK_TASK_AGE + 3600,
         "Tasks then stay `pending` and count as stuck after an hour (they expire at 24 h)",
         f"TTL {ttl} s left at age 2 h",
     )
@@ -1320,7 +1319,7 @@ async def test_drill_6a_push_bridge_fixed(
     drill: Drill, make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(housekeeping, "PING_INTERVAL", 0.1)
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = await drill.stack(make_stack, housekeeping_interval_seconds=0.2)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     task_id, m0 = await push_failing(drill, stack, conversation_id, eleven_id)
@@ -1369,7 +1368,7 @@ async def test_drill_6b_dead_bridge_cleared_then_relay(
     """The bridge stays dead: clear the stuck session (`sessions purge`), the browser re-registers
     without pushUrl (relay) and gets the waiting result over SSE."""
     monkeypatch.setattr(housekeeping, "PING_INTERVAL", 0.1)
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = await drill.stack(make_stack, housekeeping_interval_seconds=0.2, push_timeout_seconds=0.5)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     task_id, _ = await push_failing(drill, stack, conversation_id, eleven_id, mode="hang")

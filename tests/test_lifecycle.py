@@ -25,9 +25,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from elevenlabs_agent import events
+from elevenlabs_agent import events, housekeeping
 from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.ops import inspect as ops_inspect
 from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
@@ -731,7 +730,7 @@ def service_logs() -> Iterator[LogBuffer]:
 async def test_housekeeping_repairs_a_callback_cut_short_between_its_round_trips(
     service_logs: LogBuffer, make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = await make_stack(housekeeping_interval_seconds=0.5)
     service_logs.capture(stack.settings.log_level, stack.settings.secret_values)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
@@ -783,7 +782,7 @@ async def test_housekeeping_repairs_a_callback_cut_short_between_its_round_trips
 async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registration(
     make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ops_inspect, "RECOVERY_GRACE", 0.0)
+    monkeypatch.setattr(housekeeping, "RECOVERY_GRACE", 0.0)
     stack = await make_stack(housekeeping_interval_seconds=0.5)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     registered_at = await stack.redis.hget(f"elevenlabs:session:{conversation_id}", "registeredAt")

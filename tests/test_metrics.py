@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from elevenlabs_agent import metrics
-from elevenlabs_agent.services import housekeeping
+from elevenlabs_agent import housekeeping, metrics
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, StackFactory, eventually
 

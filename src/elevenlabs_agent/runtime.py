@@ -26,6 +26,7 @@ from elevenlabs_agent.services.signed_urls import SignedUrlService
 from elevenlabs_agent.services.tools import ToolService
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.spool import Journal
+from elevenlabs_agent.stores import Stores
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
@@ -69,6 +70,7 @@ class Runtime:
     settings: Settings
     redis: Redis
     blocking_redis: Redis
+    stores: Stores
     cursor_runner: CursorRunnerClient
     elevenlabs: ElevenLabsClient | None
     delivery: DeliveryService
@@ -103,6 +105,7 @@ class Runtime:
         aliases = AliasStore(redis, s.alias_ttl_seconds)
         conversations = ConversationStore(redis, s.max_messages_per_conversation)
         outbox = Outbox(redis, blocking_redis, s.outbox_ttl_seconds, s.outbox_stream_maxlen)
+        rate_limits = RateLimitStore(redis)
         delivery = DeliveryService(
             outbox, sessions, tasks, conversations, s.push_timeout_seconds, s.sse_keepalive_seconds
         )
@@ -115,6 +118,7 @@ class Runtime:
             settings=s,
             redis=redis,
             blocking_redis=blocking_redis,
+            stores=Stores(tasks, sessions, aliases, conversations, outbox, rate_limits),
             cursor_runner=cursor_runner,
             elevenlabs=elevenlabs,
             delivery=delivery,
@@ -125,7 +129,7 @@ class Runtime:
                 elevenlabs,
                 s.elevenlabs_agent_id,
                 s.signed_url_agent_ids,
-                RateLimitStore(redis),
+                rate_limits,
                 s.signed_url_rate_per_minute,
             ),
             # One subscription per instance on the connection pool that already allows long waits.

@@ -9,3 +9,13 @@ def now_iso() -> str:
 
 def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def age_seconds(stamp: str | None, now: float) -> float | None:
+    """Seconds from `stamp` to `now` (a Unix time); None when the stamp is missing or unreadable."""
+    if not stamp:
+        return None
+    try:
+        return now - parse_iso(stamp).timestamp()
+    except ValueError:
+        return None

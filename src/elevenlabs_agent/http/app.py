@@ -12,13 +12,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from elevenlabs_agent import events
+from elevenlabs_agent.housekeeping import Housekeeper
 from elevenlabs_agent.http.access import BrowserAuth
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS
 from elevenlabs_agent.http.middleware import EdgeMiddleware
 from elevenlabs_agent.http.routes import METRICS_ROUTE, METRICS_ROUTES, ROUTES
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
-from elevenlabs_agent.services.housekeeping import Housekeeper
 from elevenlabs_agent.services.spool_replay import SpoolReplayer
 from elevenlabs_agent.settings import Settings
 

@@ -1,4 +1,4 @@
-"""SCAN-based iteration, and writing whole keys back from a backup.
+"""Writing whole keys back from a backup (the scans live in `stores.keyspace`).
 
 A backup line is `{"key", "type", "ttl_ms", "value"}`: ttl_ms is the remaining TTL at backup time
 (-1 = persistent) and value is readable JSON (a hash is an object; zset, stream, list and set are
@@ -7,57 +7,9 @@ lists).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode
-
-SCAN_COUNT = 1000
-
-
-async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> AsyncIterator[list[str]]:
-    """Batches of key names matching `pattern`, by SCAN (never KEYS: it blocks Redis). On a Redis
-    Cluster every master is scanned in turn.
-
-    SCAN may return a key twice; callers' actions are idempotent, so that is harmless.
-    """
-    if isinstance(redis, RedisCluster):
-        await redis.initialize()  # a new client knows no nodes before its first command
-        for node in primaries(redis):
-            async for keys in scan_node_batches(redis, node, pattern, count):
-                yield keys
-        return
-    cursor = 0
-    while True:
-        cursor, keys = await redis.scan(cursor=cursor, match=pattern, count=count)
-        if keys:
-            yield cast(list[str], keys)
-        if cursor == 0:
-            return
-
-
-def primaries(redis: RedisCluster) -> list[ClusterNode]:
-    """The cluster's masters (one per slot range), as the client currently knows them."""
-    return sorted(redis.get_primaries(), key=lambda node: node.name)
-
-
-async def scan_node_batches(
-    redis: RedisCluster, node: ClusterNode, pattern: str, count: int = SCAN_COUNT
-) -> AsyncIterator[list[str]]:
-    """SCAN one cluster node: the keys it holds. (redis-py's own cluster SCAN answers a cursor per
-    node, which one loop over all masters cannot pass back.)"""
-    cursor = 0
-    while True:
-        # A cluster client answers ({node name: next cursor}, keys).
-        reply: Any = await redis.scan(cursor=cursor, match=pattern, count=count, target_nodes=node)
-        cursors, keys = reply
-        cursor = cursors[node.name]
-        if keys:
-            yield cast(list[str], keys)
-        if cursor == 0:
-            return
 
 
 def _strings(value: Any) -> bool:

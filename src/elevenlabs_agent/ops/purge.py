@@ -23,9 +23,9 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from elevenlabs_agent.ops.bulk import HashReader
-from elevenlabs_agent.ops.keyspace import primaries, scan_batches, scan_node_batches
 from elevenlabs_agent.redis_urls import parse_redis_url
 from elevenlabs_agent.stores import KeyFamily
+from elevenlabs_agent.stores.keyspace import primaries, scan_batches, scan_node_batches
 from elevenlabs_agent.stores.locks import Lease
 
 

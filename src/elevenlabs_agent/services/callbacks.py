@@ -18,7 +18,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.redis_urls import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
@@ -224,7 +223,8 @@ class CallbackService:
         return {"success": True, "requestId": task_id, "status": outcome.status}
 
     async def record(self, outcome: Outcome) -> None:
-        """Put a stored result into the conversation history and its outbox (one round trip).
+        """Put a stored result into the conversation history and its outbox (one round trip on one
+        server; on a Redis Cluster the mark is a second one, see `Batch.barrier`).
 
         Every step is idempotent and `recordedAt` is written last, so a task with `callbackAt` but no
         `recordedAt` is one whose recording was cut short; `repair` finishes it.
@@ -249,30 +249,22 @@ class CallbackService:
             "text": speech.update_text(outcome.task_id, outcome.summary),
             "completedAt": now,
         }
-        # One server runs a pipeline in order, so `recordedAt` can ride in the same round trip. A
-        # Redis Cluster runs each node's share of a pipeline concurrently: there the mark is a second
-        # round trip, made only once the message and the outbox entry are stored.
-        in_order = not is_cluster(self.tasks.redis)
-        async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            self.conversations.queue_upsert_message(
-                pipe,
-                outcome.conversation_id,
-                message,
-                now=now,
-                reason="tool_result",
-                task_id=outcome.task_id,
-                create=True,
-                capped=False,
-            )
-            self.outbox.queue_publish(pipe, outcome.conversation_id, outcome.task_id, event)
-            if in_order:
-                self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
-            await pipe.execute()
-        if not in_order:
-            async with self.tasks.redis.pipeline(transaction=False) as pipe:
-                self.tasks.queue_mark_recorded(pipe, outcome.task_id, now_iso())
-                await pipe.execute()
-        await self.conversations.index_write(outcome.conversation_id, now, created=True)
+        batch = self.tasks.batch()
+        self.conversations.queue_upsert_message(
+            batch,
+            outcome.conversation_id,
+            message,
+            now=now,
+            reason="tool_result",
+            task_id=outcome.task_id,
+            create=True,
+            capped=False,
+        )
+        self.outbox.queue_publish(batch, outcome.conversation_id, outcome.task_id, event)
+        # `recordedAt` only once the message and the outbox entry are stored.
+        batch.barrier()
+        self.tasks.queue_mark_recorded(batch, outcome.task_id, now_iso())
+        await batch.run()
 
     async def replay(self, spooled: SpooledCallback) -> str:
         """Record one spooled callback as if it arrived now (Redis errors propagate: the replayer

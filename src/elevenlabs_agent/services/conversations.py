@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,19 +215,24 @@ class ConversationService:
             fields["agentSessionId"] = agent_session_id
         if expires_at is not None:
             fields["expiresAt"] = str(expires_at)
-        async with self.sessions.redis.pipeline(transaction=False) as pipe:
-            self.sessions.queue_register(pipe, conversation_id, fields)
-            for alias in aliases:
-                self.aliases.queue_set(pipe, alias, conversation_id)
-            await pipe.execute()
+        return await self._register(conversation_id, fields, aliases)
+
+    async def _register(self, conversation_id: str, fields: dict[str, str], aliases: Sequence[str]) -> Registration:
+        """Store a validated registration and its aliases, then offer the waiting results to it."""
+        batch = self.sessions.batch()
+        self.sessions.queue_register(batch, conversation_id, fields)
+        for alias in aliases:
+            self.aliases.queue_set(batch, alias, conversation_id)
+        await batch.run()
         pending = await self.outbox.pending(conversation_id)
+        push_url = fields.get("pushUrl")
         log.info(
             events.SESSION_REGISTERED,
             conversationId=conversation_id,
-            sessionId=session_id,
+            sessionId=fields["sessionId"],
             push=bool(push_url),
             pendingResults=len(pending),
         )
         if push_url and pending:
             self.delivery.spawn(self.delivery.replay(conversation_id, push_url))
-        return Registration(session_id, len(pending))
+        return Registration(fields["sessionId"], len(pending))

@@ -125,10 +125,10 @@ class DeliveryService:
         so the channel's retry (or the next replay) marks it again and removes it. The other order
         could leave a delivered result marked pending forever."""
         now = now_iso()
-        async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                self.tasks.queue_mark_delivered(pipe, task_id, conversation_id, via, now)
-            await pipe.execute()
+        batch = self.tasks.batch()
+        for task_id in task_ids:
+            self.tasks.queue_mark_delivered(batch, task_id, conversation_id, via, now)
+        await batch.run()
         removed = await self.outbox.ack(conversation_id, task_ids)
         if removed:
             # The conversation's hash does not change, but its page shows delivery: tell live subscribers.

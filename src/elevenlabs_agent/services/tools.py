@@ -147,41 +147,7 @@ class ToolService:
             raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
         task_id = str(uuid.uuid4())
         token = secrets.token_urlsafe(32)
-        now = now_iso()
-        message = {
-            "role": "tool",
-            "content": f"Started code task {task_id}.",
-            "timestamp": now,
-            "source": "tool_output",
-            "toolName": call.tool_name,
-            "toolArgs": call.args,
-            "status": "pending",
-            "taskId": task_id,
-        }
-        # One round trip: the task must exist before cursor-runner can possibly call back.
-        async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            self.tasks.queue_create(
-                pipe,
-                task_id=task_id,
-                conversation_id=conversation_id,
-                tool_name=call.tool_name,
-                tool_args=call.args,
-                prompt=prompt,
-                token_hash=hash_token(token),
-                now=now,
-            )
-            self.conversations.queue_upsert_message(
-                pipe, conversation_id, message, now=now, reason="tool_call", task_id=task_id, create=True
-            )
-            self.sessions.queue_note_task(pipe, conversation_id, task_id, now)
-            _, message_field, *_ = await pipe.execute()
-        await self.conversations.index_write(conversation_id, now, created=True)
-        if message_field == "":
-            await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
-            metrics.WEBHOOKS.labels("conversation_full").inc()
-            raise Conflict("the conversation holds the maximum number of messages", message=speech.CONVERSATION_FULL)
-        log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
-
+        message = await self._record_task(call, conversation_id, task_id, prompt, token)
         payload: dict[str, Any] = {
             "id": task_id,
             "prompt": prompt,
@@ -198,7 +164,6 @@ class ToolService:
             log.info(events.DISPATCH_SUCCEEDED, taskId=task_id, conversationId=conversation_id)
             metrics.WEBHOOKS.labels("task_started").inc()
             return _answer(task_id, "started", speech.TASK_STARTED)
-
         log.warning(
             events.DISPATCH_FAILED,
             taskId=task_id,
@@ -207,7 +172,51 @@ class ToolService:
             statusCode=result.status_code,
             detail=result.detail,
         )
-        error = f"dispatch failed: {result.reason}"
+        return await self._dispatch_failed(conversation_id, task_id, message, result.reason)
+
+    async def _record_task(
+        self, call: ToolCall, conversation_id: str, task_id: str, prompt: str, token: str
+    ) -> dict[str, Any]:
+        """Store the task, its pending message and the session's last tool call; the message."""
+        now = now_iso()
+        message = {
+            "role": "tool",
+            "content": f"Started code task {task_id}.",
+            "timestamp": now,
+            "source": "tool_output",
+            "toolName": call.tool_name,
+            "toolArgs": call.args,
+            "status": "pending",
+            "taskId": task_id,
+        }
+        # One round trip: the task must exist before cursor-runner can possibly call back.
+        batch = self.tasks.batch()
+        self.tasks.queue_create(
+            batch,
+            task_id=task_id,
+            conversation_id=conversation_id,
+            tool_name=call.tool_name,
+            tool_args=call.args,
+            prompt=prompt,
+            token_hash=hash_token(token),
+            now=now,
+        )
+        written = self.conversations.queue_upsert_message(
+            batch, conversation_id, message, now=now, reason="tool_call", task_id=task_id, create=True
+        )
+        self.sessions.queue_note_task(batch, conversation_id, task_id, now)
+        await batch.run()
+        if written.value == "full":
+            await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
+            metrics.WEBHOOKS.labels("conversation_full").inc()
+            raise Conflict("the conversation holds the maximum number of messages", message=speech.CONVERSATION_FULL)
+        log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
+        return message
+
+    async def _dispatch_failed(
+        self, conversation_id: str, task_id: str, message: dict[str, Any], reason: str
+    ) -> dict[str, Any]:
+        error = f"dispatch failed: {reason}"
         if not await self.tasks.fail_dispatch(task_id, error, now_iso()):
             # cursor-runner's callback beat its own answer (or its timeout): the task did run.
             metrics.WEBHOOKS.labels("task_started").inc()
@@ -216,21 +225,14 @@ class ToolService:
         failed = {
             **message,
             "status": "failed",
-            "content": f"Could not start code task {task_id}: {result.reason}.",
+            "content": f"Could not start code task {task_id}: {reason}.",
             "timestamp": failed_at,
         }
-        async with self.tasks.redis.pipeline(transaction=False) as pipe:
-            self.conversations.queue_upsert_message(
-                pipe,
-                conversation_id,
-                failed,
-                now=failed_at,
-                reason="tool_result",
-                task_id=task_id,
-                capped=False,
-            )
-            await pipe.execute()
-        await self.conversations.index_write(conversation_id, failed_at, created=False)
+        batch = self.tasks.batch()
+        self.conversations.queue_upsert_message(
+            batch, conversation_id, failed, now=failed_at, reason="tool_result", task_id=task_id, capped=False
+        )
+        await batch.run()
         metrics.WEBHOOKS.labels("dispatch_failed").inc()
         return _answer(task_id, "failed", speech.DISPATCH_FAILED, error=error)
 

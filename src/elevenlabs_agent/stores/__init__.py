@@ -7,6 +7,12 @@ can never drift from what the service writes.
 from dataclasses import dataclass
 
 from elevenlabs_agent.stores import aliases, conversations, locks, outbox, ratelimits, sessions, tasks
+from elevenlabs_agent.stores.aliases import AliasStore
+from elevenlabs_agent.stores.conversations import ConversationStore
+from elevenlabs_agent.stores.outbox import Outbox
+from elevenlabs_agent.stores.ratelimits import RateLimitStore
+from elevenlabs_agent.stores.sessions import SessionStore
+from elevenlabs_agent.stores.tasks import TaskStore
 
 
 @dataclass(frozen=True)
@@ -43,3 +49,15 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
 
 def family(name: str) -> KeyFamily:
     return next(f for f in KEY_FAMILIES if f.name == name)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """One instance's stores, as `Runtime.build` wires them for the services and housekeeping."""
+
+    tasks: TaskStore
+    sessions: SessionStore
+    aliases: AliasStore
+    conversations: ConversationStore
+    outbox: Outbox
+    rate_limits: RateLimitStore

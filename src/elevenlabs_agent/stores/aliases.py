@@ -8,7 +8,8 @@ conversation id (`GET elevenlabs:alias:<id>`). Lifetime: TTL 24 h, refreshed by 
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+
+from elevenlabs_agent.stores.batch import Batch
 
 KEY_PREFIX = "elevenlabs:alias:"
 SCAN_PATTERN = KEY_PREFIX + "*"
@@ -25,8 +26,8 @@ class AliasStore:
         self.redis = redis
         self.ttl = ttl
 
-    def queue_set(self, pipe: Pipeline, external_id: str, conversation_id: str) -> None:
-        pipe.set(key(external_id), conversation_id, ex=self.ttl)
+    def queue_set(self, batch: Batch, external_id: str, conversation_id: str) -> None:
+        batch.add(lambda pipe: pipe.set(key(external_id), conversation_id, ex=self.ttl))
 
     async def resolve(self, external_ids: list[str]) -> str | None:
         """Our conversation id for the first of `external_ids` that has an alias."""

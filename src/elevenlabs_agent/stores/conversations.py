@@ -11,7 +11,7 @@ Three sorted sets of conversation ids make every listing order one range read (Z
 lastAccessedAt (ms) and `elevenlabs:conversations:by-message-count` by the number of messages (ties
 in id order). On one server (or Sentinel) the scripts that write a conversation update all three in
 the same atomic step. On Redis Cluster a script may only touch its own key's slot: the createdAt and
-lastAccessedAt scores of a message are written right after its script, best effort (`index_write`:
+lastAccessedAt scores of a message are written right after its script, best effort (`_index_write`:
 an index's master being down must not fail the write), and the message counts of recently accessed
 conversations are refreshed by housekeeping (`repair_indexes`), which also backfills conversations
 stored before the secondary indexes existed. All persistent: conversations are the history.
@@ -23,17 +23,17 @@ conversation on that message sees the change (services/live.py fans it out to We
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from elevenlabs_agent.redis_urls import is_cluster
-from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch, Queue, Reply
+from elevenlabs_agent.stores.keyspace import zscan_members
 from elevenlabs_agent.timeutil import parse_iso
 
 KEY_PREFIX = "elevenlabs:conversation:"
@@ -118,6 +118,28 @@ return field
 # Module-level aliases: inside ConversationStore, `list` names its method.
 Ids = list[str]
 Scores = list[tuple[int | None, int]]
+# What a queued upsert did: the message is stored, the conversation is full, or it does not exist
+# (and was not to be created).
+Upserted = Literal["stored", "full", "missing"]
+
+
+def _upserted(field: str | None) -> Upserted:
+    if field is None:
+        return "missing"
+    return "stored" if field else "full"
+
+
+def _cluster_index(conversation_id: str, ms: int, *, created: bool) -> list[Queue]:
+    """Cluster only: the index scores known before the script runs; message counts come from
+    `repair_indexes`."""
+    if created:
+        return [
+            lambda pipe: pipe.zadd(INDEX_KEY, {conversation_id: ms}, nx=True),
+            lambda pipe: pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, gt=True),
+            lambda pipe: pipe.zadd(COUNT_INDEX_KEY, {conversation_id: 0}, nx=True),
+        ]
+    # XX: a write to a conversation that does not exist must not put its id in an index.
+    return [lambda pipe: pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, xx=True, gt=True)]
 
 
 class ConversationFull(Exception):
@@ -180,31 +202,34 @@ class ConversationStore:
     def _keys(self, conversation_id: str) -> list[str]:
         return [key(conversation_id)] if self.cluster else [key(conversation_id), *INDEX_KEYS]
 
+    def batch(self) -> Batch:
+        return Batch(self.redis)
+
     async def create(self, conversation_id: str, *, now: str, agent_id: str | None, metadata: dict[str, Any]) -> bool:
         """Create a conversation; False if one with this id already exists (it is left untouched)."""
         ms = _score(now)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            lua.queue_eval(
-                pipe,
-                _CREATE,
-                self._keys(conversation_id),
-                [
-                    now,
-                    conversation_id,
-                    agent_id or "",
-                    orjson.dumps(metadata).decode(),
-                    ms,
-                    _announcement(conversation_id, "created"),
-                ],
-            )
-            if self.cluster:
-                self._queue_cluster_index(pipe, conversation_id, ms, created=True)
-            created, *_ = await pipe.execute()
-        return bool(created)
+        batch = self.batch()
+        created = batch.eval(
+            _CREATE,
+            self._keys(conversation_id),
+            [
+                now,
+                conversation_id,
+                agent_id or "",
+                orjson.dumps(metadata).decode(),
+                ms,
+                _announcement(conversation_id, "created"),
+            ],
+        )
+        if self.cluster:
+            for queue in _cluster_index(conversation_id, ms, created=True):
+                batch.add(queue)
+        await batch.run()
+        return bool(created.value)
 
     def queue_upsert_message(
         self,
-        pipe: Pipeline,
+        batch: Batch,
         conversation_id: str,
         message: dict[str, Any],
         *,
@@ -213,54 +238,44 @@ class ConversationStore:
         task_id: str | None = None,
         create: bool = False,
         capped: bool = True,
-    ) -> None:
+    ) -> Reply[Upserted]:
         """Queue appending `message` (or replacing the one of `task_id`); subscribers learn it as `reason`.
 
         With `create`, a missing conversation is created (and indexed) on the fly: a tool webhook may
         name a conversation the browser never created here, and its result must still be kept.
         """
         ms = _score(now)
-        lua.queue_eval(
-            pipe,
-            _UPSERT_MESSAGE,
-            self._keys(conversation_id),
-            [
-                now,
-                conversation_id,
-                orjson.dumps(message).decode(),
-                task_id or "",
-                self.max_messages if capped else 0,
-                "1" if create else "0",
-                ms,
-                _announcement(conversation_id, reason),
-            ],
-        )
+        keys = self._keys(conversation_id)
+        args: list[str | int] = [
+            now,
+            conversation_id,
+            orjson.dumps(message).decode(),
+            task_id or "",
+            self.max_messages if capped else 0,
+            "1" if create else "0",
+            ms,
+            _announcement(conversation_id, reason),
+        ]
+        written = batch.add(lambda pipe: pipe.eval(_UPSERT_MESSAGE, len(keys), *keys, *args), _upserted)
+        if self.cluster:
 
-    async def index_write(self, conversation_id: str, now: str, *, created: bool) -> bool:
-        """Cluster only, after an upsert's pipeline ran: the listing-index scores its script could not
-        write (they live in other slots). Best effort, so that derived data never fails the write it
+            async def index() -> None:
+                if written.value == "stored":
+                    await self._index_write(conversation_id, ms, created=create)
+
+            batch.after(index)
+        return written
+
+    async def _index_write(self, conversation_id: str, ms: int, *, created: bool) -> None:
+        """Cluster only, once an upsert ran: the listing-index scores its script could not write
+        (they live in other slots). Best effort, so that derived data never fails the write it
         follows (a result recorded on one master while the master of an index is down); housekeeping
-        (`repair_indexes`) and the next write of the conversation bring the indexes back. False if
-        the index write failed."""
-        if not self.cluster:
-            return True
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._queue_cluster_index(pipe, conversation_id, _score(now), created=created)
-                await pipe.execute()
-        except (RedisError, OSError):
-            return False
-        return True
-
-    def _queue_cluster_index(self, pipe: Pipeline, conversation_id: str, ms: int, *, created: bool) -> None:
-        """The index scores known before the script runs; message counts come from `repair_indexes`."""
-        if created:
-            pipe.zadd(INDEX_KEY, {conversation_id: ms}, nx=True)
-            pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, gt=True)
-            pipe.zadd(COUNT_INDEX_KEY, {conversation_id: 0}, nx=True)
-        else:
-            # XX: a write to a conversation that does not exist must not put its id in an index.
-            pipe.zadd(ACCESSED_INDEX_KEY, {conversation_id: ms}, xx=True, gt=True)
+        (`repair_indexes`) and the next write of the conversation bring the indexes back."""
+        with contextlib.suppress(RedisError, OSError):
+            batch = self.batch()
+            for queue in _cluster_index(conversation_id, ms, created=created):
+                batch.add(queue)
+            await batch.run()
 
     async def announce(self, conversation_id: str, reason: str) -> bool:
         """Tell subscribers the conversation changed in a way its hash does not show (a delivery).
@@ -274,14 +289,12 @@ class ConversationStore:
 
     async def append_message(self, conversation_id: str, message: dict[str, Any], now: str) -> bool:
         """Append a client message; False if the conversation does not exist."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self.queue_upsert_message(pipe, conversation_id, message, now=now, reason="message")
-            field, *_ = await pipe.execute()
-        if field:
-            await self.index_write(conversation_id, now, created=False)
-        if field == "":
+        batch = self.batch()
+        written = self.queue_upsert_message(batch, conversation_id, message, now=now, reason="message")
+        await batch.run()
+        if written.value == "full":
             raise ConversationFull(conversation_id)
-        return field is not None
+        return written.value == "stored"
 
     async def exists(self, conversation_id: str) -> bool:
         return bool(await self.redis.exists(key(conversation_id)))
@@ -329,7 +342,7 @@ class ConversationStore:
     async def _backfill(self, max_keys: int, batch: int) -> int:
         added = 0
         seen = 0
-        async for ids in _zscan_batches(self.redis, INDEX_KEY, batch):
+        async for ids in zscan_members(self.redis, INDEX_KEY, batch):
             hashes = await self._scores(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversation_id, (accessed_ms, count) in zip(ids, hashes, strict=True):
@@ -368,13 +381,3 @@ class ConversationStore:
         for created, accessed, seq in rows:
             out.append((_score(accessed or created) if created else None, int(seq or 0)))
         return out
-
-
-async def _zscan_batches(redis: Redis, index: str, batch: int) -> AsyncIterator[Ids]:
-    cursor = 0
-    while True:
-        cursor, entries = await redis.zscan(index, cursor, count=batch)
-        if entries:
-            yield [cast(str, member) for member, _ in entries]
-        if cursor == 0:
-            return

@@ -6,7 +6,6 @@ Each script touches exactly one key, so every atomic step stays valid on Redis C
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from elevenlabs_agent.redis_urls import is_cluster
 
@@ -25,16 +24,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
-
-
-def queue_eval(pipe: Pipeline, script: str, keys: list[str], args: list[str | int]) -> None:
-    """Queue a script on a pipeline as EVAL.
-
-    redis-py's Script objects prefix every pipeline execution with a SCRIPT EXISTS round trip; EVAL
-    of these short scripts costs a few hundred bytes instead and cannot hit NOSCRIPT after a Redis
-    restart.
-    """
-    pipe.eval(script, len(keys), *keys, *args)
 
 
 class OneKeyScript:

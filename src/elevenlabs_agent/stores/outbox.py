@@ -13,14 +13,15 @@ results also stay in the conversation history for good.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch
+from elevenlabs_agent.stores.keyspace import scan_batches
 
 STREAM_PREFIX = "elevenlabs:events:"
 PENDING_PREFIX = "elevenlabs:pending:"
@@ -81,6 +82,13 @@ def is_stream_id(value: str) -> bool:
     return match is not None and all(int(part or 0) < 2**64 for part in match.groups())
 
 
+@dataclass
+class WaitingResults:
+    count: int = 0
+    oldest_seconds: float = 0.0
+    stale_conversations: list[str] = field(default_factory=list)
+
+
 class Outbox:
     def __init__(
         self,
@@ -95,9 +103,8 @@ class Outbox:
         self.ttl = ttl
         self.maxlen = maxlen
 
-    def queue_publish(self, pipe: Pipeline, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
-        lua.queue_eval(
-            pipe,
+    def queue_publish(self, batch: Batch, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
+        batch.eval(
             _PUBLISH,
             [stream_key(conversation_id), pending_key(conversation_id)],
             [task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],
@@ -138,6 +145,38 @@ class Outbox:
                 pipe.hdel(key, task_id)
             removed = await pipe.execute()
         return [t for t, n in zip(task_ids, removed, strict=True) if n]
+
+    async def waiting(
+        self, *, max_keys: int | None = None, stale_after: float | None = None, max_stale: int = 1000
+    ) -> WaitingResults:
+        """Results no channel has confirmed yet: how many and the oldest one's age; with
+        `stale_after`, also the conversations (at most `max_stale`) whose oldest result has waited
+        at least that many seconds. With `max_keys`, stops after about that many keys.
+
+        A result's age comes from its stream id, whose first part is its publication time in ms.
+        """
+        waiting, scanned, now_ms = WaitingResults(), 0, time.time() * 1000
+        async for keys in scan_batches(self.redis, PENDING_SCAN_PATTERN):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hvals(key)
+                replies = await pipe.execute()
+            for key, values in zip(keys, replies, strict=True):
+                waited = (now_ms - min((_event_ms(v) for v in values), default=now_ms)) / 1000
+                waiting.count += len(values)
+                waiting.oldest_seconds = max(waiting.oldest_seconds, waited)
+                stale = stale_after is not None and waited >= stale_after
+                if values and stale and len(waiting.stale_conversations) < max_stale:
+                    waiting.stale_conversations.append(conversation_of(key))
+            scanned += len(keys)
+            if max_keys is not None and scanned >= max_keys:
+                break
+        return waiting
+
+
+def _event_ms(value: str) -> float:
+    event_id = orjson.loads(value).get("eventId", "")
+    return float(event_id.partition("-")[0] or 0)
 
 
 def _pending_events(raw: dict[str, str]) -> list[Event]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch
+from elevenlabs_agent.stores.keyspace import count_keys
 
 KEY_PREFIX = "elevenlabs:session:"
 SCAN_PATTERN = KEY_PREFIX + "*"
@@ -55,17 +56,24 @@ class SessionStore:
         self.redis = redis
         self.ttl = ttl
 
-    def queue_register(self, pipe: Pipeline, conversation_id: str, fields: dict[str, str]) -> None:
+    def batch(self) -> Batch:
+        return Batch(self.redis)
+
+    def queue_register(self, batch: Batch, conversation_id: str, fields: dict[str, str]) -> None:
         clear = [name for name in REGISTRATION_FIELDS if name not in fields]
         args: list[str | int] = [self.ttl, len(clear), *clear]
         for name, value in fields.items():
             args += [name, value]
-        lua.queue_eval(pipe, _REGISTER, [key(conversation_id)], args)
+        batch.eval(_REGISTER, [key(conversation_id)], args)
 
-    def queue_note_task(self, pipe: Pipeline, conversation_id: str, task_id: str, now: str) -> None:
+    def queue_note_task(self, batch: Batch, conversation_id: str, task_id: str, now: str) -> None:
         """Record the latest tool call on a live session; a no-op when none is live."""
-        lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(conversation_id)], ["lastTaskId", task_id, "lastToolCallAt", now])
+        batch.eval(lua.HSET_IF_EXISTS, [key(conversation_id)], ["lastTaskId", task_id, "lastToolCallAt", now])
 
     async def get(self, conversation_id: str) -> dict[str, str] | None:
         h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))
         return h or None
+
+    async def count(self, max_keys: int | None = None) -> int:
+        """Live sessions; with `max_keys`, stops after about that many (a bounded view)."""
+        return await count_keys(self.redis, SCAN_PATTERN, max_keys)

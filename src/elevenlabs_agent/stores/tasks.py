@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from elevenlabs_agent.stores import lua
+from elevenlabs_agent.stores.batch import Batch
+from elevenlabs_agent.stores.keyspace import scan_batches
+from elevenlabs_agent.timeutil import age_seconds
 
 KEY_PREFIX = "cursor_task:"
 SCAN_PATTERN = KEY_PREFIX + "*"
 DEFAULT_TTL = 86_400
 HOLDS = "a dispatched task: status, tool, prompt, result, callback token hash"
+# cursor-runner works for minutes; a task still pending after an hour has lost its callback. (Tasks
+# expire after 24 h, so a 24 h threshold would only ever see keys that lost their TTL.)
+STUCK_TASK_AGE = 3_600.0
 
 # The callback is the only writer of callbackAt, which makes it the idempotency marker: whatever
 # the dispatch outcome was, the first authenticated callback wins and every later one is a duplicate.
@@ -137,6 +143,24 @@ class Completion:
     previous_status: str = ""
 
 
+@dataclass
+class TaskSummary:
+    by_status: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    oldest_pending_seconds: float = 0.0
+    stuck_pending: int = 0
+    scanned: int = 0
+    unrecorded: list[str] = field(default_factory=list)  # callback stored, recording cut short
+
+    def add(self, status: str | None, age: float | None, stuck_age: float) -> None:
+        self.by_status[status or "unknown"] = self.by_status.get(status or "unknown", 0) + 1
+        if status == "pending":
+            self.pending += 1
+            if age is not None:
+                self.oldest_pending_seconds = max(self.oldest_pending_seconds, age)
+                self.stuck_pending += age >= stuck_age
+
+
 class TaskStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
@@ -144,9 +168,12 @@ class TaskStore:
         self._complete = lua.OneKeyScript(redis, _COMPLETE)
         self._fail_dispatch = lua.OneKeyScript(redis, _FAIL_DISPATCH)
 
+    def batch(self) -> Batch:
+        return Batch(self.redis)
+
     def queue_create(
         self,
-        pipe: Pipeline,
+        batch: Batch,
         *,
         task_id: str,
         conversation_id: str,
@@ -170,7 +197,7 @@ class TaskStore:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        lua.queue_eval(pipe, lua.HSET_WITH_TTL, [key(task_id)], args)
+        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
@@ -212,12 +239,12 @@ class TaskStore:
             return Completion("duplicate", previous_status=reply[1])
         return Completion("unknown" if outcome == "unknown" else "unauthorized")
 
-    def queue_mark_recorded(self, pipe: Pipeline, task_id: str, now: str) -> None:
-        lua.queue_eval(pipe, lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
+    def queue_mark_recorded(self, batch: Batch, task_id: str, now: str) -> None:
+        batch.eval(lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
 
-    def queue_mark_delivered(self, pipe: Pipeline, task_id: str, conversation_id: str, via: str, now: str) -> None:
+    def queue_mark_delivered(self, batch: Batch, task_id: str, conversation_id: str, via: str, now: str) -> None:
         """Only a task of this conversation whose result is stored: an ack names ids the client chose."""
-        lua.queue_eval(pipe, _MARK_DELIVERED, [key(task_id)], [conversation_id, now, via])
+        batch.eval(_MARK_DELIVERED, [key(task_id)], [conversation_id, now, via])
 
     async def get(self, task_id: str) -> Task | None:
         h = cast(dict[str, str], await self.redis.hgetall(key(task_id)))
@@ -229,3 +256,41 @@ class TaskStore:
                 pipe.hgetall(key(task_id))
             hashes = await pipe.execute()
         return [Task.from_hash(h) for h in hashes if h]
+
+    async def summary(
+        self,
+        *,
+        stuck_age: float = STUCK_TASK_AGE,
+        max_keys: int | None = None,
+        unrecorded_after: float | None = None,
+        max_unrecorded: int = 1000,
+    ) -> TaskSummary:
+        """Tasks per status, the oldest pending one's age and how many are stuck (pending longer than
+        `stuck_age`). With `max_keys`, stops after about that many keys (a bounded, partial view).
+        With `unrecorded_after`, also the ids (at most `max_unrecorded`) of tasks whose callback was
+        stored at least that many seconds ago but whose recording never finished."""
+        summary = TaskSummary()
+        now = time.time()
+        async for keys in scan_batches(self.redis, SCAN_PATTERN):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_key in keys:
+                    pipe.hmget(task_key, ["status", "createdAt", "taskId", "callbackAt", "recordedAt"])
+                replies = await pipe.execute()
+            for status, created, task_id, callback_at, recorded_at in replies:
+                if status is None and created is None:
+                    continue  # expired between SCAN and HMGET
+                if (
+                    unrecorded_after is not None
+                    and task_id
+                    and callback_at
+                    and not recorded_at
+                    and len(summary.unrecorded) < max_unrecorded
+                ):
+                    callback_age = age_seconds(callback_at, now)
+                    if callback_age is not None and callback_age >= unrecorded_after:
+                        summary.unrecorded.append(task_id)
+                summary.add(status, age_seconds(created, now), stuck_age)
+            summary.scanned += len(keys)
+            if max_keys is not None and summary.scanned >= max_keys:
+                break
+        return summary

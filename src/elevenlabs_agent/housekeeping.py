@@ -10,6 +10,9 @@ is doing any more (a restarted or another instance picks it up; nothing lives on
   Redis Cluster the message counts of recently accessed conversations refreshed.
 Redis reachability is checked every few seconds. With several instances each one does this; every
 step is idempotent and repeated pushes carry the same context_id, so that is harmless.
+
+Process-level: it drives the services of one `Runtime`, and every scan goes through the store that
+owns the key family.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from redis.exceptions import RedisError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.ops.inspect import count_keys, task_summary, waiting_results
 from elevenlabs_agent.runtime import Runtime
-from elevenlabs_agent.stores import family
 
 log = get_logger()
 PING_INTERVAL = 5.0
+# Work younger than this may still be in progress on some instance: leave it alone.
+RECOVERY_GRACE = 30.0
+MAX_RECOVERY_BATCH = 1000
 
 
 class Housekeeper:
@@ -62,17 +66,21 @@ class Housekeeper:
             await asyncio.sleep(min(PING_INTERVAL, self.interval))
 
     async def run_pass(self) -> None:
-        redis = self.runtime.redis
+        stores = self.runtime.stores
         started = time.perf_counter()
         try:
-            sessions = await count_keys(redis, family("sessions").pattern, self.max_keys)
-            tasks = await task_summary(redis, max_keys=self.max_keys)
-            waiting = await waiting_results(redis, self.max_keys)
+            sessions = await stores.sessions.count(self.max_keys)
+            tasks = await stores.tasks.summary(
+                max_keys=self.max_keys, unrecorded_after=RECOVERY_GRACE, max_unrecorded=MAX_RECOVERY_BATCH
+            )
+            waiting = await stores.outbox.waiting(
+                max_keys=self.max_keys, stale_after=RECOVERY_GRACE, max_stale=MAX_RECOVERY_BATCH
+            )
             if tasks.unrecorded:
                 await self.runtime.callbacks.repair(tasks.unrecorded)
             for conversation_id in waiting.stale_conversations:
                 self.runtime.delivery.spawn(self.runtime.delivery.redeliver(conversation_id))
-            indexed = await self.runtime.conversations.conversations.repair_indexes(self.max_keys)
+            indexed = await stores.conversations.repair_indexes(self.max_keys)
             if indexed:
                 log.info(events.CONVERSATION_INDEX_REPAIRED, entries=indexed)
         except (RedisError, OSError) as exc:

@@ -1,0 +1,130 @@
+"""Walking the keyspace by SCAN: the primitives every store's scans (and the operator tools) use.
+
+Never KEYS: it blocks Redis for the whole keyspace. On a Redis Cluster every master is scanned in
+turn. SCAN may return a key twice; every caller's action is idempotent, so that is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+
+SCAN_COUNT = 1000
+MEMORY_SAMPLE = 50
+
+
+async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> AsyncIterator[list[str]]:
+    """Batches of key names matching `pattern`."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # a new client knows no nodes before its first command
+        for node in primaries(redis):
+            async for keys in scan_node_batches(redis, node, pattern, count):
+                yield keys
+        return
+    cursor = 0
+    while True:
+        cursor, keys = await redis.scan(cursor=cursor, match=pattern, count=count)
+        if keys:
+            yield cast(list[str], keys)
+        if cursor == 0:
+            return
+
+
+def primaries(redis: RedisCluster) -> list[ClusterNode]:
+    """The cluster's masters (one per slot range), as the client currently knows them."""
+    return sorted(redis.get_primaries(), key=lambda node: node.name)
+
+
+async def scan_node_batches(
+    redis: RedisCluster, node: ClusterNode, pattern: str, count: int = SCAN_COUNT
+) -> AsyncIterator[list[str]]:
+    """SCAN one cluster node: the keys it holds. (redis-py's own cluster SCAN answers a cursor per
+    node, which one loop over all masters cannot pass back.)"""
+    cursor = 0
+    while True:
+        # A cluster client answers ({node name: next cursor}, keys).
+        reply: Any = await redis.scan(cursor=cursor, match=pattern, count=count, target_nodes=node)
+        cursors, keys = reply
+        cursor = cursors[node.name]
+        if keys:
+            yield cast(list[str], keys)
+        if cursor == 0:
+            return
+
+
+async def count_keys(redis: Redis, pattern: str, max_keys: int | None = None) -> int:
+    """Keys matching `pattern`; with `max_keys`, stops after about that many (a bounded view)."""
+    count = 0
+    async for keys in scan_batches(redis, pattern):
+        count += len(keys)
+        if max_keys is not None and count >= max_keys:
+            break
+    return count
+
+
+async def zscan_members(redis: Redis, zset: str, count: int) -> AsyncIterator[list[str]]:
+    """Batches of the members of one sorted set, by ZSCAN (never one ZRANGE of the whole set)."""
+    cursor = 0
+    while True:
+        cursor, entries = await redis.zscan(zset, cursor, count=count)
+        if entries:
+            yield [cast(str, member) for member, _ in entries]
+        if cursor == 0:
+            return
+
+
+@dataclass(frozen=True)
+class HashRow:
+    key: str
+    values: dict[str, str]  # the fields asked for that the hash has
+    ttl: int  # seconds; -1 = persistent
+
+
+async def hash_rows(redis: Redis, pattern: str, fields: Sequence[str]) -> AsyncIterator[list[HashRow]]:
+    """Batches of the hashes matching `pattern`: the given fields and the remaining TTL of each
+    (one round trip per SCAN batch; a key that expired meanwhile is left out)."""
+    async for keys in scan_batches(redis, pattern):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, list(fields))
+                pipe.ttl(key)
+            replies = await pipe.execute()
+        rows = []
+        for i, key in enumerate(keys):
+            values, ttl = replies[2 * i], replies[2 * i + 1]
+            if ttl != -2:
+                present = {f: v for f, v in zip(fields, values, strict=True) if v is not None}
+                rows.append(HashRow(key, present, ttl))
+        yield rows
+
+
+@dataclass
+class Footprint:
+    count: int = 0
+    persistent: int = 0  # keys without a TTL
+    memory_bytes_estimate: int = 0  # from a sample of MEMORY_SAMPLE keys
+
+
+async def footprint(redis: Redis, pattern: str) -> Footprint:
+    """How many keys match `pattern`, how many have no TTL, and their memory (estimated)."""
+    found = Footprint()
+    sampled: list[str] = []
+    async for keys in scan_batches(redis, pattern):
+        found.count += len(keys)
+        sampled += keys[: max(0, MEMORY_SAMPLE - len(sampled))]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.ttl(key)
+            found.persistent += sum(ttl == -1 for ttl in await pipe.execute())
+    if sampled:
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in sampled:
+                pipe.memory_usage(key)
+            usage = [u for u in await pipe.execute() if u]
+        if usage:
+            found.memory_bytes_estimate = int(sum(usage) / len(usage) * found.count)
+    return found
