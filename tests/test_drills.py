@@ -33,7 +33,7 @@ from pydantic import SecretStr
 from elevenlabs_agent import events
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.ops import inspect as ops_inspect
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.services import housekeeping
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import PushMode

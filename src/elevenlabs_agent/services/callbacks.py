@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.redis_urls import is_cluster
+from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable

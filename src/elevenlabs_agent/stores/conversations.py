@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from elevenlabs_agent.redis_urls import is_cluster
+from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.stores import lua
 from elevenlabs_agent.timeutil import parse_iso
 
