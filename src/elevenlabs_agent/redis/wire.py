@@ -39,7 +39,7 @@ async def open_socket(
                 )
     except ssl.SSLCertVerificationError as exc:
         raise RedisConnectionError(
-            f"TLS certificate of Redis at {options.where} not accepted: {exc.verify_message}"
+            f"TLS certificate of Redis at {options.where} not accepted: certificate verify failed: {exc.verify_message}"
         ) from None
     except ssl.SSLError as exc:
         raise RedisConnectionError(f"TLS handshake with Redis at {options.where} failed: {exc.reason}") from None
