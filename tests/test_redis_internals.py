@@ -29,6 +29,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from elevenlabs_agent.redis.mux import MuxRedis
 from elevenlabs_agent.redis.tls import TLS_OPTIONS
+from elevenlabs_agent.redis.urls import CLUSTER_TLS_UNSUPPORTED
 
 
 def require(condition: object, what: str, used_by: str) -> None:
@@ -91,6 +92,12 @@ def test_tls_options_are_redis_pys() -> None:
         sorted(params(RedisSSLContext.__init__)) == sorted(o.removeprefix("ssl_") for o in TLS_OPTIONS),
         "RedisSSLContext's parameters",
         used_by,
+    )
+    cluster_ssl = [p for p in params(RedisCluster.__init__) if p.startswith("ssl_")]
+    require(
+        sorted(cluster_ssl) == sorted(set(TLS_OPTIONS) - set(CLUSTER_TLS_UNSUPPORTED)),
+        "RedisCluster's ssl_* parameters",
+        "parse_redis_url (redis/urls.py: CLUSTER_TLS_UNSUPPORTED)",
     )
     context = RedisSSLContext(cert_reqs="none", check_hostname=True).get()
     require(

@@ -168,6 +168,8 @@ def test_cluster_and_sentinel_urls_take_the_tls_options(pki: Pki) -> None:
     assert sentinel.tls_kwargs["ssl_ca_certs"] == str(pki.ca)
     with pytest.raises(ValueError, match="ssl_ca_certs"):
         parse_redis_url(f"redis+cluster://a:1?ssl_ca_certs={ca}")  # TLS options without TLS
+    with pytest.raises(ValueError, match="ssl_ca_path"):
+        parse_redis_url("rediss+cluster://a:1?ssl_ca_path=/etc/ssl/certs")  # redis-py's cluster client lacks it
     with pytest.raises(ValueError, match="ssl_no_such_option"):
         parse_redis_url("rediss+cluster://a:1?ssl_no_such_option=1")
 

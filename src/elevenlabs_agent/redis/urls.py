@@ -32,6 +32,8 @@ from elevenlabs_agent.redis.tls import TlsOptions, parse_tls_query
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+# TLS options redis-py's cluster client does not take (its nodes could not use them).
+CLUSTER_TLS_UNSUPPORTED = ("ssl_ca_path", "ssl_password")
 
 Kind = Literal["single", "cluster", "sentinel"]
 
@@ -125,6 +127,10 @@ def parse_redis_url(url: str) -> RedisTarget:
     unknown = sorted(set(params) - set(allowed) - set(tls_params))
     if unknown:
         raise ValueError(f"{scheme}:// does not take the option(s) {', '.join(unknown)}")
+    if kind == "cluster" and set(tls_params) & set(CLUSTER_TLS_UNSUPPORTED):
+        raise ValueError(
+            f"{scheme}:// does not take {' or '.join(CLUSTER_TLS_UNSUPPORTED)} (redis-py's cluster client)"
+        )
     tls_options = TlsOptions.of(parse_tls_query(tls_params)) if tls else None
     segments = [unquote(s) for s in path.split("/") if s]
     if kind == "cluster":
