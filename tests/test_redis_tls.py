@@ -18,9 +18,9 @@ import redis as redis_sync
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from elevenlabs_agent.ops.bulk import HashReader
-from elevenlabs_agent.redis.clients import connect_redis
+from elevenlabs_agent.redis.clients import connect_redis, open_redis
 from elevenlabs_agent.redis.mux import MuxRedis
-from elevenlabs_agent.redis.server import RedisServer, ServerTls
+from elevenlabs_agent.redis.server import RedisClusterServers, RedisServer, ServerTls
 from elevenlabs_agent.redis.urls import parse_redis_url
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import StackFactory
@@ -66,7 +66,8 @@ def _issue(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     ca = _make_ca(directory, "test-ca")
-    server = _issue(directory, "server", ca, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+    # clientAuth too: cluster nodes present their certificate to each other on the cluster bus.
+    server = _issue(directory, "server", ca, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth")
     client = _issue(directory, "client", ca, "extendedKeyUsage=clientAuth")
     other_ca, _ = _make_ca(directory, "other-ca")
     return Pki(ca[0], server[0], server[1], client[0], client[1], other_ca)
@@ -245,3 +246,43 @@ def test_the_cli_names_an_untrusted_server_in_one_line(tls_server: RedisServer, 
         assert "Traceback" not in result.stderr, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "certificate verify failed" in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(
+        tmp_path_factory.mktemp("redis-tls-cluster"), tls=ServerTls(pki.server_cert, pki.server_key, pki.ca)
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_a_cluster_over_tls_for_the_service_and_the_cli(tls_cluster: RedisClusterServers) -> None:
+    url = tls_cluster.url
+    assert url.startswith("rediss+cluster://") and "ssl_ca_certs=" in url
+    client = connect_redis(url, 2.0)
+    try:
+        # Keys spread over every master: each node's connection is verified with the URL's CA.
+        for n in range(30):
+            await client.hset(
+                f"cursor_task:tls-cluster-{n}", mapping={"status": "pending", "createdAt": "2020-01-01T00:00:00.000Z"}
+            )
+        assert all([await client.exists(f"cursor_task:tls-cluster-{n}") for n in range(30)])
+        # The CLI: one bulk reader per master (its own TLS connection), and stats through redis-py.
+        purge = run_cli("tasks", "purge", "--older-than", "0s", "--status", "pending", "--json", redis_url=url)
+        assert purge.returncode == 0, purge.stderr
+        report = orjson.loads(purge.stdout)
+        assert (report["dryRun"], report["scanned"], report["matched"]) == (True, 30, 30), report
+        stats = run_cli("stats", "--json", redis_url=url)
+        assert stats.returncode == 0, stats.stderr
+    finally:
+        await client.aclose()
+    # The CLI's own client for a cluster URL (open_redis) takes the same options.
+    cli_client = open_redis(url, decode_responses=True)
+    try:
+        assert await cli_client.hget("cursor_task:tls-cluster-0", "status") == "pending"
+    finally:
+        await cli_client.aclose()

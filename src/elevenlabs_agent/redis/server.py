@@ -226,11 +226,19 @@ class RedisClusterServers:
     replicas), each with its data in a subdirectory of `directory`, joined with
     `redis-cli --cluster create`. Meant for tests and trying the cluster URL out."""
 
-    def __init__(self, directory: Path, masters: int = 3, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, appendonly: bool = False, tls: ServerTls | None = None
+    ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.directory = directory
-        self.nodes = [RedisServer(directory / f"node-{i}", appendonly=appendonly, cluster=True) for i in range(masters)]
+        self.tls = tls
+        # With TLS the nodes also speak it among themselves (cluster bus) and announce their TLS port.
+        extra = ("--tls-cluster", "yes") if tls else ()
+        self.nodes = [
+            RedisServer(directory / f"node-{i}", appendonly=appendonly, cluster=True, tls=tls, extra_args=extra)
+            for i in range(masters)
+        ]
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RedisServerError("redis-cli is not installed (it comes with redis-server: see scripts/bootstrap)")
@@ -239,7 +247,18 @@ class RedisClusterServers:
     @property
     def url(self) -> str:
         """The service's cluster URL: every node is a startup node."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if self.tls is not None:
+            return f"rediss+cluster://{hosts}?" + urlencode(self.tls.client_options(), quote_via=quote)
+        return f"redis+cluster://{hosts}"
+
+    def _cli_tls(self) -> list[str]:
+        if self.tls is None:
+            return []
+        args = ["--tls", "--cacert", str(self.tls.ca)]
+        if self.tls.client_cert and self.tls.client_key:
+            args += ["--cert", str(self.tls.client_cert), "--key", str(self.tls.client_key)]
+        return args
 
     def start(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -249,6 +268,7 @@ class RedisClusterServers:
             create = subprocess.run(
                 [
                     self.cli,
+                    *self._cli_tls(),
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -271,7 +291,11 @@ class RedisClusterServers:
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every node says `cluster_state:ok` and knows every other node."""
         deadline = time.monotonic() + timeout
-        clients = [redis.Redis(port=n.port, socket_connect_timeout=0.5, socket_timeout=1) for n in self.nodes]
+        tls: dict[str, Any] = {"ssl": True, **self.tls.client_options()} if self.tls else {}
+        clients = [
+            redis.Redis(host="127.0.0.1", port=n.port, socket_connect_timeout=0.5, socket_timeout=1, **tls)
+            for n in self.nodes
+        ]
         try:
             while True:
                 try:
