@@ -14,6 +14,7 @@ from elevenlabs_agent.redis.clients import connect_redis
 from elevenlabs_agent.redis.mux import MuxRedis
 from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.stores.conversations import ConversationStore, key
+from elevenlabs_agent.stores.locks import Lease, LockBusy
 from tests.conftest import StackFactory
 from tests.redis_proxy import RoundTripProxy
 
@@ -70,6 +71,17 @@ async def test_a_resent_append_is_stored_once(
     assert await store.append_message("conv-resent-append", message, NOW)
     conversation = await store.get("conv-resent-append")
     assert conversation is not None and conversation.messages == [message, message]
+
+
+async def test_a_resent_lease_acquire_finds_the_lease_its_own(store: ConversationStore, proxy: RoundTripProxy) -> None:
+    lease = Lease(store.redis, "resend-test")
+    proxy.drop_reply_to(lease.token.encode())
+    await lease.acquire()
+    assert proxy.dropped == 1
+    assert bytes(proxy.commands_bytes).count(lease.token.encode()) >= 2, "the SET was not sent twice"
+    with pytest.raises(LockBusy):
+        await Lease(store.redis, "resend-test").acquire()
+    await lease.release()
 
 
 async def test_appends_remember_a_bounded_number_of_ids(store: ConversationStore, redis: aioredis.Redis) -> None:

@@ -2,9 +2,8 @@
 Sentinel-managed master, with the URL's TLS options.
 
 redis-py resends a command after a dropped connection (its `Retry`, and the cluster client's own
-retries on failover): that is safe because every write the service makes is idempotent, including
-the two that were not by nature (see `stores/conversations.py`: a message append carries an id the
-script dedupes on, and a create sent again is recognised as itself instead of answering 409).
+retries on failover), as MuxRedis does: see `mux` for why that is safe for every write the service
+makes.
 """
 
 from __future__ import annotations

@@ -13,12 +13,17 @@ BLOCK) must not use it: every reply queued behind them would wait too. It connec
 reader (`wire`: same socket and TLS set-up, same handshake).
 
 A command that fails because the connection dropped is sent once more on a new connection (after a
-Redis restart). Its first copy may have run before the connection dropped, so this is only safe
-because every write the service makes is idempotent. Two were not by nature and are made so by
-their store (`stores/conversations.py`): a message append carries an id its script dedupes on (a
-resend would otherwise store the message twice), and a conversation create sent again recognises
-its own record (it would otherwise answer 409 for a create that succeeded). A new write must keep
-that property, or be sent through a client that does not resend.
+Redis restart). Its first copy may have run before the connection dropped, so a resent write must
+be idempotent. The service's writes are made so rather than never resent, because resending cannot
+be avoided everywhere: redis-py's clients (`clients.connect_redis`, the cluster client that must
+retry across a failover, the CLI's) resend too. Writes that were not idempotent by nature:
+- a message append carries an id its script dedupes on (else: the message stored twice);
+- a conversation create recognises its own record (else: 409 for a create that succeeded);
+- a purge lease recognises its own token (else: "another purge holds the lease" for our own).
+Two keep a bounded, accepted effect: a rate-limit window counts that call twice (stricter by one),
+and a callback completion whose answer was lost is answered as a duplicate while housekeeping's
+repair finishes its recording after the grace period (late, never lost). A new write must be
+idempotent, or accept its effect here in writing.
 """
 
 from __future__ import annotations
