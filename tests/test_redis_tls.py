@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import orjson
 import pytest
 import redis as redis_sync
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +22,8 @@ from elevenlabs_agent.redis.server import RedisClusterServers, RedisServer, Serv
 from elevenlabs_agent.redis.urls import parse_redis_url
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import StackFactory
-from tests.serve_proc import ServeProcesses, clean_env
+from tests.serve_proc import ServeProcesses
+from tests.test_ops_cli import assert_one_error_line, ok, ok_json, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the certificates")
 
@@ -203,16 +202,6 @@ async def test_serve_becomes_ready_over_tls(tmp_path: Path, tls_server: RedisSer
         processes.kill_all()
 
 
-def run_cli(*args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *args, "--redis-url", redis_url],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture
 def stuck_tasks(tls_server: RedisServer, mtls_server: RedisServer) -> Iterator[None]:
     clients = [redis_sync.Redis.from_url(s.url, decode_responses=True) for s in (tls_server, mtls_server)]
@@ -228,24 +217,19 @@ def stuck_tasks(tls_server: RedisServer, mtls_server: RedisServer) -> Iterator[N
 @pytest.mark.usefixtures("stuck_tasks")
 def test_the_cli_bulk_path_and_stats_over_tls(tls_server: RedisServer, mtls_server: RedisServer) -> None:
     for server in (tls_server, mtls_server):
-        purge = run_cli("tasks", "purge", "--older-than", "0s", "--status", "pending", "--json", redis_url=server.url)
-        assert purge.returncode == 0, purge.stderr
-        report = orjson.loads(purge.stdout)
+        report = ok_json(
+            run_cli("tasks", "purge", "--older-than", "0s", "--status", "pending", "--json", redis_url=server.url)
+        )
         assert (report["dryRun"], report["matched"], report["deleted"]) == (True, 3, 0), report
         assert {s["key"] for s in report["sample"]} == {f"cursor_task:tls-{n}" for n in range(3)}
-        stats = run_cli("stats", "--json", redis_url=server.url)
-        assert stats.returncode == 0, stats.stderr
-        assert "cursor_task" in stats.stdout
+        assert "cursor_task" in ok(run_cli("stats", "--json", redis_url=server.url))
 
 
 def test_the_cli_names_an_untrusted_server_in_one_line(tls_server: RedisServer, pki: Pki) -> None:
     url = with_ca(tls_server, pki.other_ca)
     for command in (("tasks", "purge", "--older-than", "0s"), ("stats",)):
-        result = run_cli(*command, redis_url=url)
-        assert result.returncode == 1, result.stdout
-        assert "Traceback" not in result.stderr, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "certificate verify failed" in lines[0], result.stderr
+        line = assert_one_error_line(run_cli(*command, redis_url=url))
+        assert "certificate verify failed" in line, line
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +256,11 @@ async def test_a_cluster_over_tls_for_the_service_and_the_cli(tls_cluster: Redis
             )
         assert all([await client.exists(f"cursor_task:tls-cluster-{n}") for n in range(30)])
         # The CLI: one bulk reader per master (its own TLS connection), and stats through redis-py.
-        purge = run_cli("tasks", "purge", "--older-than", "0s", "--status", "pending", "--json", redis_url=url)
-        assert purge.returncode == 0, purge.stderr
-        report = orjson.loads(purge.stdout)
+        report = ok_json(
+            run_cli("tasks", "purge", "--older-than", "0s", "--status", "pending", "--json", redis_url=url)
+        )
         assert (report["dryRun"], report["scanned"], report["matched"]) == (True, 30, 30), report
-        stats = run_cli("stats", "--json", redis_url=url)
-        assert stats.returncode == 0, stats.stderr
+        ok(run_cli("stats", "--json", redis_url=url))
     finally:
         await client.aclose()
     # The CLI's own client for a cluster URL (open_redis) takes the same options.
