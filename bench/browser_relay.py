@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "src"), str(ROOT / "bench")]
 from common import machine, write_results  # noqa: E402
 
-from elevenlabs_agent.redis_server import RedisServer  # noqa: E402
+from elevenlabs_agent.redis.server import RedisServer  # noqa: E402
 from tests.browser_harness import BrowserStack, browser_stack, percentile, sdk_version  # noqa: E402
 
 

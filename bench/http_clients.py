@@ -23,7 +23,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from elevenlabs_agent.redis_server import free_port  # noqa: E402
+from elevenlabs_agent.redis.server import free_port  # noqa: E402
 
 BODY = {"id": "t", "prompt": "Add a health check", "conversationId": "c", "callbackUrl": "http://x/cb"}
 

@@ -31,7 +31,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine, write_results
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 

@@ -26,7 +26,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from elevenlabs_agent.redis_server import RedisServer  # noqa: E402
+from elevenlabs_agent.redis.server import RedisServer  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, pipe_into_redis, resp, write_results  # noqa: E402

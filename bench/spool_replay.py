@@ -27,7 +27,7 @@ from stack import TASK_SECRET, WEBHOOK_SECRET, seed_tasks, uvicorn_app, wait_htt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
+from elevenlabs_agent.redis.server import RedisServer, free_port  # noqa: E402
 
 
 async def send_callbacks(

@@ -19,7 +19,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
+from elevenlabs_agent.redis.server import RedisServer, free_port  # noqa: E402
 from elevenlabs_agent.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -20,8 +20,8 @@ from pydantic import SecretStr
 
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.http.app import create_app
-from elevenlabs_agent.redis_server import RedisClusterServers, RedisSentinelServer, RedisServer
-from elevenlabs_agent.redis_urls import open_redis
+from elevenlabs_agent.redis.clients import open_redis
+from elevenlabs_agent.redis.server import RedisClusterServers, RedisSentinelServer, RedisServer
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs

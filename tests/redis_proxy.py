@@ -1,4 +1,5 @@
-"""A loopback TCP proxy in front of Redis that counts round trips.
+"""A loopback TCP proxy in front of Redis that counts round trips, and can drop a connection at
+the worst moment for a client: after Redis ran a command, before its reply reaches the client.
 
 A round trip is a request burst from the client followed by the server's answer: we count the
 times a connection's traffic turns from server->client (or nothing) to client->server. Measured on
@@ -18,6 +19,8 @@ class RoundTripProxy:
         self.commands_bytes = bytearray()
         self._server: asyncio.Server | None = None
         self.port = 0
+        self._drop_marker: bytes | None = None
+        self.dropped = 0
 
     @property
     def url(self) -> str:
@@ -48,6 +51,11 @@ class RoundTripProxy:
                 i = end + 2 + length + 2
         return names
 
+    def drop_reply_to(self, marker: bytes) -> None:
+        """Once: forward the next request holding `marker` to Redis, then close the client's
+        connection as soon as Redis answers it, without passing the answer on."""
+        self._drop_marker = marker
+
     def reset(self) -> None:
         self.round_trips = 0
         self.commands_bytes.clear()
@@ -55,13 +63,16 @@ class RoundTripProxy:
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         awaiting_answer = False
+        drop_next_answer = False
 
         async def upstream() -> None:
-            nonlocal awaiting_answer
+            nonlocal awaiting_answer, drop_next_answer
             while data := await client_reader.read(65536):
                 if not awaiting_answer:
                     self.round_trips += 1
                     awaiting_answer = True
+                if self._drop_marker is not None and self._drop_marker in data:
+                    self._drop_marker, drop_next_answer = None, True
                 self.commands_bytes += data
                 server_writer.write(data)
                 await server_writer.drain()
@@ -71,6 +82,11 @@ class RoundTripProxy:
             nonlocal awaiting_answer
             while data := await server_reader.read(65536):
                 awaiting_answer = False
+                if drop_next_answer:
+                    self.dropped += 1
+                    client_writer.transport.abort()
+                    server_writer.transport.abort()
+                    return
                 client_writer.write(data)
                 await client_writer.drain()
             client_writer.close()

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from elevenlabs_agent.redis_server import free_port
+from elevenlabs_agent.redis.server import free_port
 from elevenlabs_agent.settings import Settings
 from tests.helpers import BROWSER_IDENTITY
 

@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from elevenlabs_agent.http.access import AUTH_PATH, TOKEN_COOKIE, Group, group_of
 from elevenlabs_agent.http.routes import ROUTES
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from tests.conftest import AGENT_ID, Stack, StackFactory
 from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcess

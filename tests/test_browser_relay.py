@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from elevenlabs_agent import __version__
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from tests.browser_harness import BROWSER_DIR, BrowserStack, browser_stack, percentile, sdk_version
 from tests.conftest import StackFactory
 

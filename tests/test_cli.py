@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses, clean_env
 

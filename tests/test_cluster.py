@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 from redis.asyncio import RedisCluster
 
 from elevenlabs_agent import housekeeping
-from elevenlabs_agent.redis_server import RedisClusterServers
-from elevenlabs_agent.redis_urls import ClusterUnavailable, open_redis, parse_redis_url
+from elevenlabs_agent.redis.clients import ClusterUnavailable, open_redis
+from elevenlabs_agent.redis.server import RedisClusterServers
+from elevenlabs_agent.redis.urls import parse_redis_url
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import SentinelSetup, Stack, StackFactory, eventually

@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from elevenlabs_agent import events, housekeeping
 from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import PushMode
 from elevenlabs_agent.sim.server import LocalServer

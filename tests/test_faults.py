@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer

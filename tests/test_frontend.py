@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store

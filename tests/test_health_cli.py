@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from tests.conftest import Stack
 
 

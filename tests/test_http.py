@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
 
 CONVERSATION = "conv-http-test"

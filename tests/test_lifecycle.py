@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from elevenlabs_agent import events, housekeeping
 from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory, eventually

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import eventually

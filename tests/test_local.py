@@ -31,7 +31,7 @@ import pytest
 
 from elevenlabs_agent import events
 from elevenlabs_agent.local import SIMULATOR_BANNER
-from elevenlabs_agent.redis_server import free_port
+from elevenlabs_agent.redis.server import free_port
 from tests.serve_proc import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent

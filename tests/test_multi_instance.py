@@ -29,7 +29,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer

@@ -17,8 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from elevenlabs_agent.muxredis import MuxRedis
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.mux import MuxRedis
+from elevenlabs_agent.redis.server import RedisServer
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import websockets
 
-from elevenlabs_agent.redis_server import free_port
+from elevenlabs_agent.redis.server import free_port
 from tests.conftest import StackFactory
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ import pytest
 import redis as redis_sync
 
 from elevenlabs_agent.ops.durations import format_duration, parse_duration
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.stores import KEY_FAMILIES
 

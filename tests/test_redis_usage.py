@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, StackFactory, eventually
 from tests.redis_proxy import RoundTripProxy

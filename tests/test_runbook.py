@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from elevenlabs_agent import cli, events, metrics
 from elevenlabs_agent.http.routes import ROUTES
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs

@@ -22,8 +22,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from elevenlabs_agent.redis_server import RedisClusterServers, RedisServer
-from elevenlabs_agent.redis_urls import open_redis
+from elevenlabs_agent.redis.clients import open_redis
+from elevenlabs_agent.redis.server import RedisClusterServers, RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
@@ -404,7 +404,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
         spooled = {t for t, status in answers.items() if status == "accepted"}
         # Exactly the callbacks of the down master's slots spool; the others are stored at once (no
         # script loaded on every master, no command table read from a master that may be the one
-        # down, listing indexes and announcements best effort: redis_urls, stores/lua.py).
+        # down, listing indexes and announcements best effort: redis/clients.py, stores/lua.py).
         assert spooled == on_victim, (spooled, on_victim)
         stored = {t for t, status in answers.items() if status == "completed"}
         assert stored | spooled == {t for t, _, _ in tasks}

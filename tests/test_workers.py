@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from elevenlabs_agent import events
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcess, ServeProcesses
 from tests.test_metrics import promtool, value

@@ -68,7 +68,7 @@ def _run(redis_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(redis)` against Redis, turning connection trouble into one clear line."""
     from redis.exceptions import RedisClusterException, RedisError
 
-    from elevenlabs_agent.redis_urls import open_redis
+    from elevenlabs_agent.redis.clients import open_redis
 
     url = _require_url(redis_url)
     local = not redis_url

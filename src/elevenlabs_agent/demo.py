@@ -22,7 +22,7 @@ import websockets
 
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.http.app import create_app
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs

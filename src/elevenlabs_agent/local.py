@@ -32,7 +32,7 @@ from typing import Any
 
 from elevenlabs_agent import events
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.redis_server import RedisServer, free_port
+from elevenlabs_agent.redis.server import RedisServer, free_port
 
 log = get_logger()
 

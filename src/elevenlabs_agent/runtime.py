@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from elevenlabs_agent import metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient
-from elevenlabs_agent.muxredis import MuxRedis
-from elevenlabs_agent.redis_urls import is_single_node, open_cluster, open_sentinel_master, parse_redis_url
+from elevenlabs_agent.redis.clients import connect_redis
+from elevenlabs_agent.redis.mux import MuxRedis
+from elevenlabs_agent.redis.urls import is_single_node
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.services.conversations import ConversationService
 from elevenlabs_agent.services.delivery import DeliveryService
@@ -33,36 +30,6 @@ from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.ratelimits import RateLimitStore
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.tasks import TaskStore
-
-
-def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
-    """A Redis client for any `REDIS_URL` form (one server, `redis+cluster://`, `redis+sentinel://`:
-    see `redis_urls`). Every write the service makes is idempotent, so redis-py's retries are safe.
-
-    For one server, the pool makes callers wait (up to `timeout`) for a free connection under bursts
-    instead of failing at once with "too many connections". A cluster client is typed as `Redis`: it
-    offers the command and pipeline API the stores use.
-    """
-    # After a Redis restart every pooled connection is dead: retry once on a fresh one instead of
-    # failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
-    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,))
-    options: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_connect_timeout": timeout,
-        # A blocking XREAD legitimately waits longer than any command timeout.
-        "socket_timeout": None if blocking else timeout,
-        "health_check_interval": 15,
-        "retry": retry,
-    }
-    target = parse_redis_url(url)
-    if target.kind == "cluster":
-        # Per node. The cluster client retries (with this backoff) on connection errors, timeouts and
-        # slot moves by itself; a full pool fails at once rather than waiting.
-        return cast(Redis, open_cluster(target, max_connections=10_000 if blocking else 1024, **options))
-    if target.kind == "sentinel":
-        return open_sentinel_master(target, max_connections=10_000 if blocking else 256, **options)
-    pool = BlockingConnectionPool.from_url(url, max_connections=10_000 if blocking else 256, timeout=timeout, **options)
-    return Redis.from_pool(pool)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import uvicorn
 from elevenlabs_agent import events
 from elevenlabs_agent.http.app import create_app, create_metrics_app
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.redis_server import RedisServer
+from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.workers import Supervisor

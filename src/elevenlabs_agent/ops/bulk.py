@@ -1,43 +1,29 @@
-"""A pipelined RESP3 connection for bulk purges: read whole hashes (PTTL + HGETALL), UNLINK.
-
-Backing up a million keys through redis-py costs tens of microseconds of Python per command; this
-connection packs a batch of commands with one bytes template, parses replies in hiredis' C code
-(RESP3 returns each hash as a dict already), and lets the caller keep the next batch in flight
-while the current one is parsed. Only what purge needs.
+"""Bulk reads for purges: whole hashes (PTTL + HGETALL) and batched UNLINK, on the pipelined RESP3
+connection of `elevenlabs_agent.redis.bulk`. Only what purge needs.
 
 On a Redis Cluster there is one reader per master, fed with the keys that master's SCAN returned.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl
 from collections import deque
 from typing import Any
 
 import hiredis
-from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from elevenlabs_agent.redis.bulk import BulkConnection
+from elevenlabs_agent.redis.urls import ConnectionOptions, connection_options
 
 # One key's two commands as raw RESP.
 _READ_HASH = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n"
-# hiredis compacts its buffer as it parses: feeding it big chunks costs more than small ones.
-_READ_SIZE = 1 << 16
-
-
-REPLY_TIMEOUT = 30.0
 
 
 class HashReader:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, cluster: bool = False) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, conn: BulkConnection, *, cluster: bool = False) -> None:
+        self._conn = conn
         self.cluster = cluster
-        self._parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         # What was sent and not yet answered, in wire order: a batch of reads (its key count) or an
         # UNLINK (None). Replies come back in the same order.
         self._sent: deque[int | None] = deque()
@@ -46,61 +32,14 @@ class HashReader:
     @classmethod
     async def open(cls, url: str, timeout: float = 5.0) -> HashReader:
         """A reader on the one server of a `redis://`, `rediss://` or `unix://` URL."""
-        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        unix = options.get("connection_class") is UnixDomainSocketConnection
-        return await cls.connect(
-            options.get("host", ""),
-            options.get("port", 6379),
-            unix_path=options["path"] if unix else None,
-            username=options.get("username"),
-            password=options.get("password"),
-            tls=options.get("connection_class") is SSLConnection,
-            db=int(options.get("db") or 0),
-            timeout=timeout,
-        )
+        return await cls.connect(connection_options(url), timeout=timeout)
 
     @classmethod
-    async def connect(
-        cls,
-        host: str,
-        port: int,
-        *,
-        unix_path: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: bool = False,
-        db: int = 0,
-        cluster: bool = False,
-        timeout: float = 5.0,
-    ) -> HashReader:
+    async def connect(cls, options: ConnectionOptions, *, cluster: bool = False, timeout: float = 5.0) -> HashReader:
         """A reader on one server. With `cluster`, it is a cluster node: UNLINKs are split per hash
         slot (a multi-key command must stay within one slot), and it must only be given keys that
         node holds (its own SCAN's)."""
-        try:
-            async with asyncio.timeout(timeout):
-                if unix_path is not None:
-                    reader, writer = await asyncio.open_unix_connection(unix_path)
-                else:
-                    context = ssl.create_default_context() if tls else None
-                    reader, writer = await asyncio.open_connection(host, port, ssl=context)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot reach Redis: {exc or 'timed out'}") from None
-        async with asyncio.timeout(timeout):
-            conn = cls(reader, writer, cluster=cluster)
-            hello: list[str] = ["HELLO", "3"]
-            if password is not None:
-                hello += ["AUTH", username or "default", password]
-            await conn._command(*hello)
-            if db:
-                await conn._command("SELECT", str(db))
-        return conn
-
-    async def _command(self, *args: str) -> Any:
-        self._writer.write(hiredis.pack_command(args))  # type: ignore[arg-type]
-        (reply,) = await self._replies(1)
-        if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(f"{args[0]} failed: {reply}")
-        return reply
+        return cls(await BulkConnection.open(options, timeout), cluster=cluster)
 
     def send_reads(self, keys: list[str]) -> None:
         """Queue PTTL + HGETALL for each key; read the answers with `receive_reads`."""
@@ -108,7 +47,7 @@ class HashReader:
         for key in keys:
             raw = key.encode("utf-8", "surrogateescape")
             parts.append(_READ_HASH % (len(raw), raw, len(raw), raw))
-        self._writer.write(b"".join(parts))
+        self._conn.write(b"".join(parts))
         self._sent.append(len(keys))
 
     def send_unlink(self, keys: list[str]) -> None:
@@ -120,7 +59,7 @@ class HashReader:
             for key in keys:
                 by_slot.setdefault(key_slot(key.encode("utf-8", "surrogateescape")), []).append(key)
             groups = list(by_slot.values())
-        self._writer.write(b"".join(hiredis.pack_command(("UNLINK", *group)) for group in groups))  # type: ignore[arg-type]
+        self._conn.write(b"".join(hiredis.pack_command(("UNLINK", *group)) for group in groups))  # type: ignore[arg-type]
         self._sent.extend([None] * len(groups))
 
     async def finish_unlinks(self) -> None:
@@ -139,7 +78,7 @@ class HashReader:
             await self._count_unlinked()
         if not self._sent or self._sent.popleft() != len(keys):
             raise RuntimeError("receive_reads must follow send_reads with the same keys")
-        replies = await self._replies(2 * len(keys))
+        replies: list[Any] = await self._conn.replies(2 * len(keys))
         return [
             (key, ttl, value)
             for key, ttl, value in zip(keys, replies[0::2], replies[1::2], strict=True)
@@ -147,32 +86,10 @@ class HashReader:
         ]
 
     async def _count_unlinked(self) -> None:
-        (reply,) = await self._replies(1)
+        (reply,) = await self._conn.replies(1)
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(f"UNLINK failed: {reply}")
         self.unlinked += reply
 
-    async def _replies(self, count: int) -> list[Any]:
-        replies: list[Any] = []
-        try:
-            async with asyncio.timeout(REPLY_TIMEOUT):
-                await self._writer.drain()
-                while len(replies) < count:
-                    reply = self._parser.gets()
-                    if reply is False:
-                        data = await self._reader.read(_READ_SIZE)
-                        if not data:
-                            raise RedisConnectionError("Redis closed the connection")
-                        self._parser.feed(data)
-                    else:
-                        replies.append(reply)
-        except TimeoutError:
-            raise RedisTimeoutError(f"Redis did not answer within {REPLY_TIMEOUT:.0f} s") from None
-        except OSError as exc:
-            raise RedisConnectionError(f"connection to Redis failed: {exc}") from None
-        return replies
-
     async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        await self._conn.aclose()

@@ -23,7 +23,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from elevenlabs_agent.ops.bulk import HashReader
-from elevenlabs_agent.redis_urls import parse_redis_url
+from elevenlabs_agent.redis.urls import parse_redis_url
 from elevenlabs_agent.stores import KeyFamily
 from elevenlabs_agent.stores.keyspace import primaries, scan_batches, scan_node_batches
 from elevenlabs_agent.stores.locks import Lease
@@ -98,12 +98,11 @@ class Source:
 async def sources(redis: Redis, redis_url: str) -> list[Source]:
     """One source for a single server or a Sentinel master, one per master on a Redis Cluster."""
     target = parse_redis_url(redis_url)
-    creds: dict[str, Any] = {"username": target.username, "password": target.password, "tls": target.tls}
     if isinstance(redis, RedisCluster):
         await redis.initialize()
         return [
             Source(
-                partial(HashReader.connect, node.host, node.port, cluster=True, **creds),
+                partial(HashReader.connect, target.node(node.host, node.port), cluster=True),
                 partial(scan_node_batches, redis, node),
             )
             for node in primaries(redis)
@@ -112,7 +111,7 @@ async def sources(redis: Redis, redis_url: str) -> list[Source]:
         pool = redis.connection_pool
         assert isinstance(pool, SentinelConnectionPool)
         host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
-        return [Source(partial(HashReader.connect, host, port, db=target.db, **creds), partial(scan_batches, redis))]
+        return [Source(partial(HashReader.connect, target.node(host, port)), partial(scan_batches, redis))]
     return [Source(partial(HashReader.open, redis_url), partial(scan_batches, redis))]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar, overload
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from elevenlabs_agent.redis_urls import is_cluster
+from elevenlabs_agent.redis.clients import is_cluster
 
 T = TypeVar("T")
 Queue = Callable[[Pipeline], object]

@@ -2,9 +2,11 @@
 
 Value: a hash, readable with `HGETALL elevenlabs:conversation:<id>`. Fields: conversationId,
 createdAt, lastAccessedAt, agentId, metadata (JSON), seq (message counter), `msg:NNNNNN` (one
-AgentMessage as JSON each, in order) and `task:<taskId>` (the msg field holding that task's tool
-message, so a result replaces its pending message instead of adding a second one). A hash rather
-than one JSON string lets Lua append and replace messages atomically without re-encoding JSON.
+AgentMessage as JSON each, in order), `task:<taskId>` (the msg field holding that task's tool
+message, so a result replaces its pending message instead of adding a second one) and `appends`
+(the ids of the latest client appends, so an append resent after a dropped connection is stored
+once). A hash rather than one JSON string lets Lua append and replace messages atomically without
+re-encoding JSON.
 
 Three sorted sets of conversation ids make every listing order one range read (ZRANGE/ZREVRANGE):
 `elevenlabs:conversations` scored by createdAt (ms), `elevenlabs:conversations:by-last-accessed` by
@@ -24,6 +26,7 @@ conversation on that message sees the change (services/live.py fans it out to We
 from __future__ import annotations
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -31,7 +34,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from elevenlabs_agent.redis_urls import is_cluster
+from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
 from elevenlabs_agent.stores.keyspace import zscan_members
 from elevenlabs_agent.timeutil import parse_iso
@@ -71,11 +74,17 @@ end
 
 # KEYS: conversation[, createdAt index, lastAccessedAt index, messageCount index];
 # ARGV: now, conversationId, agentId, metadata json, now (ms), update payload.
-# Returns 1 if created, 0 if it existed.
+# Returns 1 if created, 0 if it existed. A record with this very createdAt (ms), agentId and metadata
+# is this create sent again after its reply was lost with the connection (MuxRedis and redis-py
+# resend): it answers 1 again rather than a 409 for a create that succeeded.
 _CREATE = (
     _INDEX_AND_ANNOUNCE
     + """
-if redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1]) == 0 then
+  local was = redis.call('HMGET', KEYS[1], 'createdAt', 'agentId', 'metadata')
+  if was[1] == ARGV[1] and (was[2] or '') == ARGV[3] and was[3] == ARGV[4] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'lastAccessedAt', ARGV[1], 'metadata', ARGV[4], 'seq', 0)
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'agentId', ARGV[3]) end
 index_and_announce(ARGV[5], true, ARGV[6])
@@ -84,9 +93,10 @@ return 1
 )
 
 # KEYS: conversation[, the three indexes]; ARGV: now, conversationId, message json, taskId or '',
-# max messages (0 = no cap), create-if-missing ('1'/'0'), now (ms), update payload. Returns the msg
-# field written, '' when the conversation is full, or false when it does not exist and may not be
-# created.
+# max messages (0 = no cap), create-if-missing ('1'/'0'), now (ms), update payload, append id or ''.
+# Returns the msg field written, '' when the conversation is full, or false when it does not exist
+# and may not be created. An append id already in `appends` (the same append sent again after its
+# reply was lost) returns the field it wrote and changes nothing: a message is stored once.
 _UPSERT_MESSAGE = (
     _INDEX_AND_ANNOUNCE
     + """
@@ -95,6 +105,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] ~= '1' then return false end
   redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 0)
   created = true
+end
+local appends = nil
+if ARGV[9] ~= '' then
+  appends = redis.call('HGET', KEYS[1], 'appends') or ''
+  local at = string.find(appends, ARGV[9] .. '=', 1, true)
+  if at then return string.match(appends, '=(%S+)', at) end
 end
 if ARGV[4] ~= '' then
   local existing = redis.call('HGET', KEYS[1], 'task:' .. ARGV[4])
@@ -109,6 +125,12 @@ if max > 0 and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= max then r
 local field = string.format('msg:%06d', redis.call('HINCRBY', KEYS[1], 'seq', 1))
 redis.call('HSET', KEYS[1], field, ARGV[3], 'lastAccessedAt', ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'task:' .. ARGV[4], field) end
+if appends then
+  -- "<id>=<field> ", newest first; the newest ~50 are kept (a resend follows its first copy at once).
+  appends = ARGV[9] .. '=' .. field .. ' ' .. appends
+  if #appends > 4096 then appends = string.sub(appends, 1, string.find(appends, ' ', 2048, true)) end
+  redis.call('HSET', KEYS[1], 'appends', appends)
+end
 index_and_announce(ARGV[7], created, ARGV[8])
 return field
 """
@@ -238,6 +260,7 @@ class ConversationStore:
         task_id: str | None = None,
         create: bool = False,
         capped: bool = True,
+        append_id: str = "",
     ) -> Reply[Upserted]:
         """Queue appending `message` (or replacing the one of `task_id`); subscribers learn it as `reason`.
 
@@ -255,6 +278,7 @@ class ConversationStore:
             "1" if create else "0",
             ms,
             _announcement(conversation_id, reason),
+            append_id,
         ]
         written = batch.add(lambda pipe: pipe.eval(_UPSERT_MESSAGE, len(keys), *keys, *args), _upserted)
         if self.cluster:
@@ -288,9 +312,12 @@ class ConversationStore:
         return True
 
     async def append_message(self, conversation_id: str, message: dict[str, Any], now: str) -> bool:
-        """Append a client message; False if the conversation does not exist."""
+        """Append a client message; False if the conversation does not exist. Stored once even if a
+        dropped connection makes the client resend it (its id is remembered by the script)."""
         batch = self.batch()
-        written = self.queue_upsert_message(batch, conversation_id, message, now=now, reason="message")
+        written = self.queue_upsert_message(
+            batch, conversation_id, message, now=now, reason="message", append_id=uuid.uuid4().hex
+        )
         await batch.run()
         if written.value == "full":
             raise ConversationFull(conversation_id)

@@ -31,9 +31,13 @@ class Lease:
         self.token = secrets.token_hex(16)
 
     async def acquire(self) -> None:
-        if not await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            ttl = await self.redis.pttl(self.key)
-            raise LockBusy(f"another purge holds {self.key} (expires in {max(ttl, 0) / 1000:.0f} s)")
+        if await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return
+        # Our own SET, resent after its answer was lost with the connection, finds the lease ours.
+        if await self.redis.get(self.key) == self.token:
+            return
+        ttl = await self.redis.pttl(self.key)
+        raise LockBusy(f"another purge holds {self.key} (expires in {max(ttl, 0) / 1000:.0f} s)")
 
     async def renew(self) -> bool:
         return bool(await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))

@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from elevenlabs_agent.redis_urls import is_cluster
+from elevenlabs_agent.redis.clients import is_cluster
 
 # HSET field/value pairs and set the TTL in one atomic step, so a key is never left without its TTL.
 # KEYS[1]; ARGV[1] = ttl seconds; ARGV[2..] = field, value, ...

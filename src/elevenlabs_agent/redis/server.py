@@ -14,7 +14,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import redis
 
@@ -57,8 +60,34 @@ def free_cluster_port(attempts: int = 200) -> int:
     raise RedisServerError("no free port pair for a cluster node")
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a RedisServer: its certificate and key, the CA its clients trust (and that signs client
+    certificates), and, with `client_cert`/`client_key`, client certificates required (`tls-auth-clients`)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def args(self) -> list[str]:
+        return [
+            *("--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca)),
+            *("--tls-auth-clients", "yes" if self.client_cert else "no"),
+        ]
+
+    def client_options(self) -> dict[str, str]:
+        """redis-py's ssl_* options (also URL query options) of a client this server accepts."""
+        options = {"ssl_ca_certs": str(self.ca)}
+        if self.client_cert and self.client_key:
+            options |= {"ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key)}
+        return options
+
+
 class RedisServer:
-    """A redis-server on 127.0.0.1 with its data (AOF) in `directory`.
+    """A redis-server on 127.0.0.1 with its data (AOF) in `directory`; with `tls`, it listens for
+    TLS only (`tls-port`), and `url` is a `rediss://` URL carrying the CA (and client certificate).
 
     `appendfsync="always"` makes a write durable before Redis answers it (a callback we acknowledged
     survives a Redis crash); "everysec" can lose the last second of writes.
@@ -76,8 +105,10 @@ class RedisServer:
         cluster: bool = False,
         extra_args: Sequence[str] = (),
         appendfsync: str = "everysec",
+        tls: ServerTls | None = None,
     ) -> None:
         self.directory = directory
+        self.tls = tls
         self.appendfsync = appendfsync
         self.port = port or (free_cluster_port() if cluster else free_port())
         self.appendonly = appendonly
@@ -90,6 +121,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?" + urlencode(self.tls.client_options(), quote_via=quote)
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -102,8 +135,7 @@ class RedisServer:
             self.binary,
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self.port),
+            *(("--port", "0", "--tls-port", str(self.port)) if self.tls else ("--port", str(self.port))),
             "--dir",
             str(self.directory),
             "--appendonly",
@@ -129,6 +161,8 @@ class RedisServer:
                 "--cluster-node-timeout",
                 "5000",
             ]
+        if self.tls is not None:
+            args += self.tls.args()
         return [*args, *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> None:
@@ -143,7 +177,8 @@ class RedisServer:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+        tls: dict[str, Any] = {"ssl": True, **self.tls.client_options()} if self.tls else {}
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5, **tls)
         try:
             while True:
                 if self.process.poll() is not None:
@@ -191,11 +226,19 @@ class RedisClusterServers:
     replicas), each with its data in a subdirectory of `directory`, joined with
     `redis-cli --cluster create`. Meant for tests and trying the cluster URL out."""
 
-    def __init__(self, directory: Path, masters: int = 3, appendonly: bool = False) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, appendonly: bool = False, tls: ServerTls | None = None
+    ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         self.directory = directory
-        self.nodes = [RedisServer(directory / f"node-{i}", appendonly=appendonly, cluster=True) for i in range(masters)]
+        self.tls = tls
+        # With TLS the nodes also speak it among themselves (cluster bus) and announce their TLS port.
+        extra = ("--tls-cluster", "yes") if tls else ()
+        self.nodes = [
+            RedisServer(directory / f"node-{i}", appendonly=appendonly, cluster=True, tls=tls, extra_args=extra)
+            for i in range(masters)
+        ]
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RedisServerError("redis-cli is not installed (it comes with redis-server: see scripts/bootstrap)")
@@ -204,7 +247,18 @@ class RedisClusterServers:
     @property
     def url(self) -> str:
         """The service's cluster URL: every node is a startup node."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if self.tls is not None:
+            return f"rediss+cluster://{hosts}?" + urlencode(self.tls.client_options(), quote_via=quote)
+        return f"redis+cluster://{hosts}"
+
+    def _cli_tls(self) -> list[str]:
+        if self.tls is None:
+            return []
+        args = ["--tls", "--cacert", str(self.tls.ca)]
+        if self.tls.client_cert and self.tls.client_key:
+            args += ["--cert", str(self.tls.client_cert), "--key", str(self.tls.client_key)]
+        return args
 
     def start(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -214,6 +268,7 @@ class RedisClusterServers:
             create = subprocess.run(
                 [
                     self.cli,
+                    *self._cli_tls(),
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -236,7 +291,11 @@ class RedisClusterServers:
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every node says `cluster_state:ok` and knows every other node."""
         deadline = time.monotonic() + timeout
-        clients = [redis.Redis(port=n.port, socket_connect_timeout=0.5, socket_timeout=1) for n in self.nodes]
+        tls: dict[str, Any] = {"ssl": True, **self.tls.client_options()} if self.tls else {}
+        clients = [
+            redis.Redis(host="127.0.0.1", port=n.port, socket_connect_timeout=0.5, socket_timeout=1, **tls)
+            for n in self.nodes
+        ]
         try:
             while True:
                 try:

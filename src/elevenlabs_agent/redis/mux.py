@@ -9,13 +9,26 @@ on a connection.
 
 `MuxRedis` subclasses redis-py's `Redis`, so stores keep redis-py's command methods and reply
 parsing (the same Python types either way); only the transport differs. Blocking commands (XREAD
-BLOCK) must not use it: every reply queued behind them would wait too.
+BLOCK) must not use it: every reply queued behind them would wait too. It connects like the bulk
+reader (`wire`: same socket and TLS set-up, same handshake).
+
+A command that fails because the connection dropped is sent once more on a new connection (after a
+Redis restart). Its first copy may have run before the connection dropped, so a resent write must
+be idempotent. The service's writes are made so rather than never resent, because resending cannot
+be avoided everywhere: redis-py's clients (`clients.connect_redis`, the cluster client that must
+retry across a failover, the CLI's) resend too. Writes that were not idempotent by nature:
+- a message append carries an id its script dedupes on (else: the message stored twice);
+- a conversation create recognises its own record (else: 409 for a create that succeeded);
+- a purge lease recognises its own token (else: "another purge holds the lease" for our own).
+Two keep a bounded, accepted effect: a rate-limit window counts that call twice (stricter by one),
+and a callback completion whose answer was lost is answered as a duplicate while housekeeping's
+repair finishes its recording after the grace period (late, never lost). A new write must be
+idempotent, or accept its effect here in writing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -24,13 +37,13 @@ import hiredis
 from redis._parsers import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.client import EMPTY_RESPONSE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Command = Sequence[Any]
+from elevenlabs_agent.redis.urls import connection_options
+from elevenlabs_agent.redis.wire import Command, open_socket, set_up
 
 
 def _error(message: str) -> ResponseError:
@@ -100,16 +113,16 @@ class _Wire(asyncio.Protocol):
 class MuxRedis(Redis):
     """A redis-py `Redis` whose commands share one multiplexed connection.
 
-    A command that fails because the connection dropped is sent once more on a new connection (after
-    a Redis restart); every write the service makes is idempotent, so that is safe. A command with
-    no reply within `timeout` fails with redis-py's TimeoutError and drops the connection.
+    A command that fails because the connection dropped is sent once more on a new connection (see
+    the module docstring for why that is safe). A command with no reply within `timeout` fails with
+    redis-py's TimeoutError and drops the connection.
     """
 
     def __init__(self, url: str, timeout: float) -> None:
         super().__init__(decode_responses=True, protocol=2)
         self.url = url
         self.timeout = timeout
-        self._target = parse_url(url)
+        self._options = connection_options(url)
         self._encode = self.connection_pool.get_encoder().encode  # type: ignore[no-untyped-call]
         self._wire: _Wire | None = None
         self._connecting = asyncio.Lock()
@@ -119,34 +132,21 @@ class MuxRedis(Redis):
             if self._wire is not None and not self._wire.lost:
                 return self._wire
             loop = asyncio.get_running_loop()
-            target = self._target
+            _, wire = await open_socket(self._options, _Wire, self.timeout)
             try:
                 async with asyncio.timeout(self.timeout):
-                    if target.get("connection_class") is UnixDomainSocketConnection:
-                        _, wire = await loop.create_unix_connection(_Wire, str(target["path"]))
-                    else:
-                        tls = ssl.create_default_context() if target.get("connection_class") is SSLConnection else None
-                        host, port = str(target.get("host", "localhost")), int(target.get("port", 6379))
-                        _, wire = await loop.create_connection(_Wire, host, port, ssl=tls)
-                    await self._handshake(loop, wire)
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"Error connecting to Redis: {type(exc).__name__}") from None
+                    await set_up(self._options, 2, lambda commands: self._send(loop, wire, commands))
+            except TimeoutError:
+                wire.abort(RedisTimeoutError("Timeout reading from Redis"))
+                raise RedisConnectionError(f"Error connecting to Redis at {self._options.where}: timed out") from None
+            except BaseException:
+                wire.abort(RedisConnectionError("connection set-up failed"))
+                raise
             self._wire = wire
             return wire
 
-    async def _handshake(self, loop: asyncio.AbstractEventLoop, wire: _Wire) -> None:
-        target = self._target
-        commands: list[Command] = []
-        if target.get("password"):
-            user = target.get("username")
-            commands.append(("AUTH", user, target["password"]) if user else ("AUTH", target["password"]))
-        if int(target.get("db", 0) or 0):
-            commands.append(("SELECT", target["db"]))
-        if not commands:
-            return
-        for reply in [await f for f in wire.send(loop, self._pack(commands), len(commands))]:
-            if isinstance(reply, Exception):
-                raise RedisConnectionError(f"Redis refused the connection setup: {type(reply).__name__}")
+    async def _send(self, loop: asyncio.AbstractEventLoop, wire: _Wire, commands: Sequence[Command]) -> list[Any]:
+        return [await f for f in wire.send(loop, self._pack(commands), len(commands))]
 
     def _pack(self, commands: Sequence[Command]) -> bytes:
         encode = self._encode
