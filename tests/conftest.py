@@ -18,14 +18,13 @@ import redis.asyncio as aioredis
 import websockets
 from pydantic import SecretStr
 
-from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.http.app import create_app
 from elevenlabs_agent.redis_server import RedisClusterServers, RedisSentinelServer, RedisServer
 from elevenlabs_agent.redis_urls import open_redis
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import neighbours, service_stack
 from tests.helpers import BROWSER_IDENTITY
 
 AGENT_ID = "agent_test"
@@ -168,23 +167,13 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path:
             webhook_secret = "whsec-" + secrets.token_urlsafe(24)
             runner_secret = "crsec-" + secrets.token_urlsafe(24)
             api_key = "xi-" + secrets.token_urlsafe(24)
-            elevenlabs = FakeElevenLabs(api_key=api_key)
-            runner = FakeCursorRunner(secret=runner_secret)
-            el_server = await exits.enter_async_context(LocalServer(elevenlabs.app()))
-            elevenlabs.base_ws_url = el_server.ws_url
-            runner_server = await exits.enter_async_context(LocalServer(runner.app()))
-            service = LocalServer()
+            around = await exits.enter_async_context(
+                neighbours(FakeElevenLabs(api_key=api_key), FakeCursorRunner(secret=runner_secret))
+            )
             fields: dict[str, Any] = {
-                "elevenlabs_agent_enabled": True,
                 "redis_url": redis_server.url,
                 "webhook_secret": SecretStr(webhook_secret),
-                "elevenlabs_api_key": SecretStr(api_key),
                 "elevenlabs_agent_id": AGENT_ID,
-                "elevenlabs_api_url": el_server.url,
-                "cursor_runner_url": runner_server.url,
-                "cursor_runner_secret": SecretStr(runner_secret),
-                "session_url_hosts": ("127.0.0.1",),
-                "elevenlabs_agent_url": service.url,
                 "dispatch_timeout_seconds": 2.0,
                 "push_timeout_seconds": 2.0,
                 "sse_keepalive_seconds": 1.0,
@@ -192,16 +181,22 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path:
                 # Each stack takes its own slot in it; never the repository's .elevenlabs-agent/.
                 "callback_spool_dir": str(tmp_path / "spool"),
             }
-            fields.update(overrides)
-            settings = Settings(**fields)
-            agent_logging.configure(settings.log_level, settings.secret_values)
-            service.app = create_app(settings, settings.redis_url or redis_server.url)
-            await exits.enter_async_context(service)
+            wired = await exits.enter_async_context(service_stack(around, **{**fields, **overrides}))
+            service = wired.service
             http = await exits.enter_async_context(
                 httpx.AsyncClient(base_url=service.url, timeout=15, headers=BROWSER_IDENTITY)
             )
             return Stack(
-                settings, service, http, runner, elevenlabs, el_server, redis, webhook_secret, runner_secret, api_key
+                wired.settings,
+                service,
+                http,
+                around.runner,
+                around.elevenlabs,
+                around.elevenlabs_server,
+                redis,
+                webhook_secret,
+                runner_secret,
+                api_key,
             )
 
         yield factory

@@ -1,0 +1,106 @@
+"""One wiring of the service with its loopback neighbours, shared by `elevenlabs-agent demo`, the test
+suite and the benchmarks: the simulated ElevenLabs and cursor-runner, the settings that point the
+service at them (as `Settings` fields for a service in this event loop, or as environment variables
+for a `serve` process), and the service itself on a loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from elevenlabs_agent import logging as agent_logging
+from elevenlabs_agent.http.app import create_app
+from elevenlabs_agent.settings import Settings
+from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
+from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
+from elevenlabs_agent.sim.server import LocalServer
+
+# Registered session and push URLs point at the ElevenLabs stand-in on loopback (the SSRF guard's list).
+LOOPBACK_HOSTS = ("127.0.0.1",)
+
+
+@dataclass
+class Neighbours:
+    """The simulated ElevenLabs and cursor-runner, listening."""
+
+    elevenlabs: FakeElevenLabs
+    elevenlabs_server: LocalServer
+    runner: FakeCursorRunner
+    runner_server: LocalServer
+
+    def fields(self) -> dict[str, Any]:
+        """The settings that point a service at these two."""
+        fields: dict[str, Any] = {
+            "elevenlabs_api_key": SecretStr(self.elevenlabs.api_key),
+            "elevenlabs_api_url": self.elevenlabs_server.url,
+            "cursor_runner_url": self.runner_server.url,
+        }
+        if self.runner.secret is not None:
+            fields["cursor_runner_secret"] = SecretStr(self.runner.secret)
+        return fields
+
+
+@contextlib.asynccontextmanager
+async def neighbours(
+    elevenlabs: FakeElevenLabs | None = None, runner: FakeCursorRunner | None = None
+) -> AsyncIterator[Neighbours]:
+    """Serve the two stand-ins (default ones unless given) on loopback ports for the block's duration."""
+    elevenlabs = elevenlabs or FakeElevenLabs()
+    runner = runner or FakeCursorRunner()
+    async with LocalServer(elevenlabs.app()) as el_server, LocalServer(runner.app()) as runner_server:
+        elevenlabs.base_ws_url = el_server.ws_url  # signed URLs lead to this server's conversation socket
+        yield Neighbours(elevenlabs, el_server, runner, runner_server)
+
+
+def service_fields(around: Neighbours, service_url: str, **fields: Any) -> dict[str, Any]:
+    """Settings fields of a service at `service_url` wired to `around`; `fields` add to them and win
+    (the caller gives at least `redis_url`, `webhook_secret` and its own `callback_spool_dir`, so that
+    the service never writes into the working directory's .elevenlabs-agent/)."""
+    return {
+        "elevenlabs_agent_enabled": True,
+        "session_url_hosts": LOOPBACK_HOSTS,
+        "elevenlabs_agent_url": service_url,
+        **around.fields(),
+        **fields,
+    }
+
+
+def as_env(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Settings fields as the environment variables a `serve` process reads."""
+    env = {}
+    for name, value in fields.items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple | list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name.upper()] = str(value)
+    return env
+
+
+@dataclass
+class ServiceStack:
+    """The service in this event loop, its settings and its neighbours."""
+
+    settings: Settings
+    service: LocalServer
+    around: Neighbours
+
+
+@contextlib.asynccontextmanager
+async def service_stack(around: Neighbours, **fields: Any) -> AsyncIterator[ServiceStack]:
+    """The real service on a loopback port in this event loop, wired to `around` (see service_fields)."""
+    service = LocalServer()  # bound first: the service's settings need its own URL
+    settings = Settings(**service_fields(around, service.url, **fields))
+    agent_logging.configure(settings.log_level, settings.secret_values)
+    if not settings.redis_url:
+        raise ValueError("service_stack needs a redis_url (it starts no embedded Redis)")
+    service.app = create_app(settings, settings.redis_url)
+    async with service:
+        yield ServiceStack(settings, service, around)
