@@ -28,6 +28,7 @@ from stack import TASK_SECRET, WEBHOOK_SECRET, seed_tasks, uvicorn_app, wait_htt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
+from elevenlabs_agent.sim.stack import as_env, service_fields  # noqa: E402
 
 
 async def send_callbacks(
@@ -89,17 +90,20 @@ def main() -> None:
             seed_tasks(redis_server.port, iter(task_ids), lambda t: f"conv-spool-bench-{hash(t) % 50}")
             env = {
                 **os.environ,
-                "PORT": str(port),
-                "HOST": "127.0.0.1",
-                "REDIS_URL": redis_server.url,
-                "ELEVENLABS_AGENT_ENABLED": "true",
-                "WEBHOOK_SECRET": WEBHOOK_SECRET,
-                "LOG_LEVEL": "error",
-                "CURSOR_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
-                "ELEVENLABS_AGENT_URL": url,
-                "HOUSEKEEPING_INTERVAL_SECONDS": "3600",
-                "REDIS_TIMEOUT_SECONDS": "1",
-                "CALLBACK_SPOOL_DIR": str(Path(tmp) / "spool"),
+                **as_env(
+                    service_fields(
+                        url,
+                        port=port,
+                        host="127.0.0.1",
+                        redis_url=redis_server.url,
+                        webhook_secret=WEBHOOK_SECRET,
+                        log_level="error",
+                        cursor_runner_url=f"http://127.0.0.1:{runner_port}",
+                        housekeeping_interval_seconds=3600,
+                        redis_timeout_seconds=1,
+                        callback_spool_dir=str(Path(tmp) / "spool"),
+                    )
+                ),
             }
             with (Path(tmp) / "service.log").open("wb") as log:
                 procs.append(subprocess.Popen([sys.executable, "-m", "elevenlabs_agent", "serve"], env=env, stdout=log))

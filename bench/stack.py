@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
 from elevenlabs_agent.settings import Settings  # noqa: E402
+from elevenlabs_agent.sim.stack import as_env, service_fields  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from common import pipe_into_redis, resp  # noqa: E402
@@ -147,18 +148,19 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
     s = Stack(f"http://127.0.0.1:{service_port}", redis_server.port)
     try:
         s.procs.append(uvicorn_app("fake_runner:app", runner_port))
-        env |= {
-            "PORT": str(service_port),
-            "HOST": "127.0.0.1",
-            "REDIS_URL": redis_server.url,
-            "ELEVENLABS_AGENT_ENABLED": "true",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "LOG_LEVEL": "warning",
-            "CURSOR_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
-            "ELEVENLABS_AGENT_URL": s.target,
-            "HOUSEKEEPING_INTERVAL_SECONDS": "3600",
-            "CALLBACK_SPOOL_DIR": str(Path(tmp.name) / "spool"),
-        }
+        env |= as_env(
+            service_fields(
+                s.target,
+                port=service_port,
+                host="127.0.0.1",
+                redis_url=redis_server.url,
+                webhook_secret=WEBHOOK_SECRET,
+                log_level="warning",
+                cursor_runner_url=f"http://127.0.0.1:{runner_port}",
+                housekeeping_interval_seconds=3600,
+                callback_spool_dir=str(Path(tmp.name) / "spool"),
+            )
+        )
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(
                 [sys.executable, "-m", "elevenlabs_agent", "serve"], env={**os.environ, **env}, stdout=log

@@ -26,6 +26,7 @@ from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.sim.stack import neighbours, service_stack
 from tests.helpers import BROWSER_IDENTITY
+from tests.serve_proc import ServeProcesses
 
 AGENT_ID = "agent_test"
 
@@ -151,6 +152,26 @@ class Stack:
     ) -> httpx.Response:
         return await self.http.post(path, json=body, headers=self.auth if headers is None else headers)
 
+    async def start_task(self, conversation_ref: str, prompt: str = "Fix the bug") -> str:
+        """A code task the service accepted and dispatched: its id."""
+        response = await self.call_tool(
+            {"tool_name": "code_task", "conversation_id": conversation_ref, "prompt": prompt}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["success"] is True, response.text
+        task_id: str = response.json()["taskId"]
+        return task_id
+
+    async def deliveries_settled(self, timeout: float = 10.0) -> None:
+        """Wait until every delivery the service started (after a callback, a registration, a
+        housekeeping pass) has finished: pushed, failed or left waiting. Proves that a push did NOT
+        happen without sleeping for a guessed time."""
+        assert self.service.app is not None
+        delivery = self.service.app.state.runtime.delivery
+        async with asyncio.timeout(timeout):
+            while delivery.inflight:
+                await asyncio.sleep(0.01)
+
     async def task(self, task_id: str) -> dict[str, str]:
         return await self.redis.hgetall(f"cursor_task:{task_id}")  # type: ignore[no-any-return]
 
@@ -212,6 +233,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     async with asyncio.timeout(timeout):
         while not await check():
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def serve_procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeProcesses]:
+    """`serve` processes for one test (killed at its end); the test module's SERVE_ENV holds the
+    variables they share."""
+    processes = ServeProcesses(tmp_path, **getattr(request.module, "SERVE_ENV", {}))
+    yield processes
+    processes.kill_all()
 
 
 @pytest.fixture

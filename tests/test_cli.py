@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,20 +19,10 @@ import pytest
 import redis as redis_sync
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
-from tests.helpers import BROWSER_IDENTITY
-from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses, clean_env
+from tests.helpers import BROWSER_IDENTITY, clean_env, run_cli
+from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses
 
 WEBHOOK_SECRET = "cli-test-webhook-secret-0123456789"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *args],
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def port_open(port: int) -> bool:

@@ -4,9 +4,6 @@ subprocess, against a local 3-master cluster (`redis+cluster://`) and behind a S
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,11 +17,12 @@ from redis.asyncio import RedisCluster
 from elevenlabs_agent.ops import inspect as ops_inspect
 from elevenlabs_agent.redis_server import RedisClusterServers
 from elevenlabs_agent.redis_urls import ClusterUnavailable, open_redis, parse_redis_url
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import SentinelSetup, Stack, StackFactory, eventually
-from tests.helpers import connect_ws
+from tests.helpers import connect_ws, ok_json, run_cli
 from tests.test_delivery import subscribe
+
+pytestmark = pytest.mark.slow
 
 TASK_TTL = 86_400
 SESSION_TTL = 600
@@ -273,25 +271,6 @@ async def test_unreachable_cluster_is_a_503_not_a_crash(make_stack: StackFactory
 
 
 # --- the ops CLI on a cluster ---------------------------------------------------------------------
-
-
-def run_cli(*args: str | Path, redis_url: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env["REDIS_URL"] = redis_url
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return orjson.loads(result.stdout)
 
 
 async def seed(client: aioredis.Redis, *, stuck: int, fresh: int, sessions: int) -> dict[str, dict[str, str]]:

@@ -158,14 +158,6 @@ async def wait_deliveries(stack: Stack, channel: str, outcome: str, at_least: fl
     await eventually(reached)
 
 
-async def start_task(stack: Stack, conversation_ref: str, prompt: str = "Fix the bug") -> str:
-    response = await stack.call_tool({"tool_name": "code_task", "conversation_id": conversation_ref, "prompt": prompt})
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True
-    task_id: str = response.json()["taskId"]
-    return task_id
-
-
 async def finish_task(stack: Stack, task_id: str) -> None:
     """POST the completion callback the way cursor-runner does (secret moved from the URL to headers)."""
     sent = next(r for r in stack.runner.received if r["id"] == task_id)
@@ -202,7 +194,7 @@ async def test_relay_result_reaches_subscriber_and_stays_pending_until_acked(sta
     relayed_before = await deliveries(stack, "relay", "published")
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()
-        task_id = await start_task(stack, eleven_id, "Fix the login bug")
+        task_id = await stack.start_task(eleven_id, "Fix the login bug")
         event = await sse.next_event()
 
     assert event.event == "task_update"
@@ -251,7 +243,7 @@ async def test_ack_validates_task_ids(stack: Stack) -> None:
 async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await finish_task(stack, task_id)
     assert await pending_ids(stack, conversation_id) == {task_id}
 
@@ -274,7 +266,7 @@ async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) 
 async def test_sse_live_event_for_subscriber_connected_before_callback(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()  # subscribed and waiting: what comes now is live
         await finish_task(stack, task_id)
@@ -287,7 +279,7 @@ async def test_sse_live_event_for_subscriber_connected_before_callback(stack: St
 async def test_sse_resume_with_last_event_id(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    t1, t2, t3 = [await start_task(stack, eleven_id, f"task {n}") for n in (1, 2, 3)]
+    t1, t2, t3 = [await stack.start_task(eleven_id, f"task {n}") for n in (1, 2, 3)]
 
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()
@@ -355,7 +347,7 @@ async def test_sse_unknown_conversation_is_404_and_bad_id_400(stack: Stack) -> N
 
 async def test_websocket_push_reaches_conversation_without_opening_session_url(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     got = await stack.elevenlabs.wait_update(eleven_id)
     assert got == [{"type": "contextual_update", "text": got[0]["text"], "context_id": task_id}]
     assert task_id in got[0]["text"]
@@ -381,7 +373,7 @@ async def test_push_failure_keeps_result_pending_then_replays_once(stack: Stack)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     stack.elevenlabs.push_mode = "reject"
     failed_before = await deliveries(stack, "websocket", "failed")
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await stack.runner.wait_callbacks(1)
     assert stack.runner.callbacks[0][0] == 200
     await wait_deliveries(stack, "websocket", "failed", failed_before + 1)
@@ -422,7 +414,7 @@ async def test_reregistration_without_push_url_switches_to_relay(stack: Stack) -
     assert response.status_code == 200
 
     attempts_before = await delivery_attempts(stack)
-    task_id = await start_task(stack, new_eleven_id)
+    task_id = await stack.start_task(new_eleven_id)
     await stack.runner.wait_callbacks(1)
 
     async def attempted() -> bool:
@@ -442,7 +434,7 @@ async def test_reregistration_without_push_url_switches_to_relay(stack: Stack) -
 async def test_expired_session_result_waits_then_new_registration_delivers(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await stack.redis.delete(f"elevenlabs:session:{conversation_id}")  # the session expired
 
     waiting_before = await deliveries(stack, "none", "waiting")
@@ -482,7 +474,7 @@ async def test_session_ttl_refreshed_and_webhook_fields_survive_reregistration(s
     assert 590 <= await stack.redis.ttl(session_key) <= 600
 
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     session = await stack.redis.hgetall(session_key)
     assert session["lastTaskId"] == task_id
     assert session["lastToolCallAt"].endswith("Z")
@@ -501,7 +493,7 @@ async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> No
     conversation_id = await stack.create_conversation()
     manual_callbacks(stack)
     # No session and no alias yet: the webhook names our conversation id directly.
-    t1, t2, t3 = [await start_task(stack, conversation_id, f"task {n}") for n in (1, 2, 3)]
+    t1, t2, t3 = [await stack.start_task(conversation_id, f"task {n}") for n in (1, 2, 3)]
     order = [t2, t3, t1]  # results arrive in a different order than the tasks started
     for task_id in order:
         await finish_task(stack, task_id)

@@ -22,7 +22,7 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,11 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcesses, wait_status
+
+pytestmark = pytest.mark.slow
 
 WEBHOOK_SECRET = "faults-webhook-secret-0123456789"
 RUNNER_SECRET = "faults-runner-secret-0123456789"
@@ -53,19 +55,14 @@ RUNNER_SECRET = "faults-runner-secret-0123456789"
 # --- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
-    processes = ServeProcesses(
-        tmp_path,
-        WEBHOOK_SECRET=WEBHOOK_SECRET,
-        CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-        LOG_LEVEL="warning",
-        DRAIN_SECONDS="0.2",
-        SHUTDOWN_TIMEOUT_SECONDS="5",
-        SSE_KEEPALIVE_SECONDS="1",
-    )
-    yield processes
-    processes.kill_all()
+SERVE_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
+    "LOG_LEVEL": "warning",
+    "DRAIN_SECONDS": "0.2",
+    "SHUTDOWN_TIMEOUT_SECONDS": "5",
+    "SSE_KEEPALIVE_SECONDS": "1",
+}
 
 
 def fsync_always_redis(directory: Path) -> RedisServer:
@@ -125,16 +122,6 @@ async def create_conversation(client: httpx.AsyncClient, conversation_id: str) -
     assert response.status_code == 201, response.text
 
 
-async def tool_call(
-    client: httpx.AsyncClient, conversation_ref: str, prompt: str, secret: str = WEBHOOK_SECRET
-) -> httpx.Response:
-    return await client.post(
-        "/agent-tools",
-        json={"conversation_id": conversation_ref, "prompt": prompt},
-        headers={"X-Webhook-Secret": secret},
-    )
-
-
 async def tool_message(redis: aioredis.Redis, conversation_id: str, task_id: str) -> dict[str, Any] | None:
     key = f"elevenlabs:conversation:{conversation_id}"
     field_name = await redis.hget(key, f"task:{task_id}")
@@ -163,7 +150,9 @@ async def load_loop(
                 return
             load.sent += 1
             try:
-                response = await tool_call(client, conversation_id, f"task {n} of {conversation_id}")
+                response = await tool_call(
+                    client, conversation_id, f"task {n} of {conversation_id}", secret=WEBHOOK_SECRET
+                )
             except httpx.HTTPError as exc:
                 load.failures.append(f"POST /agent-tools: {exc!r}")
                 continue
@@ -451,7 +440,7 @@ async def start_and_complete(
     secret: str = WEBHOOK_SECRET,
 ) -> str:
     """A tool call, then cursor-runner's callback for it (acknowledged with 200)."""
-    response = await tool_call(client, conversation_ref, prompt, secret)
+    response = await tool_call(client, conversation_ref, prompt, secret=secret)
     assert response.status_code == 200 and response.json()["success"] is True, response.text
     task_id: str = response.json()["taskId"]
     sent = next(r for r in runner.received if r["id"] == task_id)

@@ -49,6 +49,8 @@ from tests.conftest import AGENT_ID, Stack, StackFactory
 from tests.helpers import BROWSER_IDENTITY
 from tests.test_logging import Captured
 
+pytestmark = pytest.mark.slow
+
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 # A long run gets a per-test timeout that grows with it; the bounded run keeps the suite's default.
 FUZZ_TIMEOUT = max(180, FUZZ_EXAMPLES * 4)

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,11 @@ from elevenlabs_agent.redis_server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcess, ServeProcesses
+
+pytestmark = pytest.mark.slow
 
 WEBHOOK_SECRET = "multi-webhook-secret-0123456789"
 RUNNER_SECRET = "multi-runner-secret-0123456789"
@@ -47,31 +48,18 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
-    processes = ServeProcesses(
-        tmp_path,
-        WEBHOOK_SECRET=WEBHOOK_SECRET,
-        CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-        LOG_LEVEL="warning",
-        DRAIN_SECONDS=str(DRAIN_SECONDS),
-        SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_TIMEOUT_SECONDS),
-        SSE_KEEPALIVE_SECONDS="1",
-    )
-    yield processes
-    processes.kill_all()
+SERVE_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
+    "LOG_LEVEL": "warning",
+    "DRAIN_SECONDS": str(DRAIN_SECONDS),
+    "SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN_TIMEOUT_SECONDS),
+    "SSE_KEEPALIVE_SECONDS": "1",
+}
 
 
 async def start_all(*services: ServeProcess) -> None:
     await asyncio.gather(*(s.start(path="/ready") for s in services))
-
-
-async def tool_call(client: httpx.AsyncClient, conversation_ref: str, prompt: str) -> httpx.Response:
-    return await client.post(
-        "/agent-tools",
-        json={"conversation_id": conversation_ref, "prompt": prompt},
-        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
-    )
 
 
 async def deliveries(client: httpx.AsyncClient, channel: str, outcome: str) -> float:
@@ -119,7 +107,7 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
             browser = RelayBrowser(a.url, conversation_id, acknowledge=False, max_seconds=30).start()
             try:
                 await browser.connected()
-                started = await tool_call(on_a, eleven_id, "rename the module")
+                started = await tool_call(on_a, eleven_id, "rename the module", secret=WEBHOOK_SECRET)
                 assert started.status_code == 200 and started.json()["success"] is True, started.text
                 task_id = started.json()["taskId"]
                 sent = next(r for r in runner.received if r["id"] == task_id)
@@ -278,7 +266,7 @@ async def load_loop(load: Load, url: str, conversation_id: str, stop: asyncio.Ev
             load.sent += 1
             load.times.append(time.monotonic())
             try:
-                response = await tool_call(client, conversation_id, f"task {n}")
+                response = await tool_call(client, conversation_id, f"task {n}", secret=WEBHOOK_SECRET)
             except httpx.HTTPError as exc:
                 load.failures.append(f"{exc!r}")
                 continue

@@ -7,10 +7,8 @@ operator sees for the data that is really there.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,8 @@ import redis as redis_sync
 
 from elevenlabs_agent.ops.durations import format_duration, parse_duration
 from elevenlabs_agent.redis_server import RedisServer
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.stores import KEY_FAMILIES
+from tests.helpers import ok, ok_json, run_cli
 
 TASK_TTL = 86_400
 SESSION_TTL = 600
@@ -34,42 +32,6 @@ UNREACHABLE = "redis://127.0.0.1:1"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL", "REDIS_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
-
-
-def run_cli(
-    *args: str | Path,
-    redis_url: str | None = None,
-    cwd: Path | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    """`python -m elevenlabs_agent ARGS` with REDIS_URL set to `redis_url` (unset when None)."""
-    env = clean_env() if redis_url is None else clean_env(REDIS_URL=redis_url)
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.stdout
-
-
-def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return orjson.loads(ok(result))
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 1) -> str:

@@ -20,6 +20,8 @@ from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcess, ServeProcesses
 from tests.test_metrics import promtool, value
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def processes(tmp_path: Path, redis_server: RedisServer) -> Iterator[ServeProcesses]:

@@ -57,15 +57,16 @@ async def neighbours(
         yield Neighbours(elevenlabs, el_server, runner, runner_server)
 
 
-def service_fields(around: Neighbours, service_url: str, **fields: Any) -> dict[str, Any]:
-    """Settings fields of a service at `service_url` wired to `around`; `fields` add to them and win
-    (the caller gives at least `redis_url`, `webhook_secret` and its own `callback_spool_dir`, so that
-    the service never writes into the working directory's .elevenlabs-agent/)."""
+def service_fields(service_url: str, around: Neighbours | None = None, **fields: Any) -> dict[str, Any]:
+    """Settings fields of a service at `service_url`, wired to `around` when given (benchmarks bring a
+    faster cursor-runner of their own as `cursor_runner_url`); `fields` add to them and win. The caller
+    gives at least `redis_url`, `webhook_secret` and its own `callback_spool_dir`, so that the service
+    never writes into the working directory's .elevenlabs-agent/."""
     return {
         "elevenlabs_agent_enabled": True,
         "session_url_hosts": LOOPBACK_HOSTS,
         "elevenlabs_agent_url": service_url,
-        **around.fields(),
+        **(around.fields() if around is not None else {}),
         **fields,
     }
 
@@ -97,7 +98,7 @@ class ServiceStack:
 async def service_stack(around: Neighbours, **fields: Any) -> AsyncIterator[ServiceStack]:
     """The real service on a loopback port in this event loop, wired to `around` (see service_fields)."""
     service = LocalServer()  # bound first: the service's settings need its own URL
-    settings = Settings(**service_fields(around, service.url, **fields))
+    settings = Settings(**service_fields(service.url, around, **fields))
     agent_logging.configure(settings.log_level, settings.secret_values)
     if not settings.redis_url:
         raise ValueError("service_stack needs a redis_url (it starts no embedded Redis)")
