@@ -6,6 +6,7 @@ for a `serve` process), and the service itself on a loopback port.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -52,9 +53,15 @@ async def neighbours(
     """Serve the two stand-ins (default ones unless given) on loopback ports for the block's duration."""
     elevenlabs = elevenlabs or FakeElevenLabs()
     runner = runner or FakeCursorRunner()
-    async with LocalServer(elevenlabs.app()) as el_server, LocalServer(runner.app()) as runner_server:
+    el_server, runner_server = LocalServer(elevenlabs.app()), LocalServer(runner.app())
+    try:
+        await el_server.start()
+        await runner_server.start()
         elevenlabs.base_ws_url = el_server.ws_url  # signed URLs lead to this server's conversation socket
         yield Neighbours(elevenlabs, el_server, runner, runner_server)
+    finally:
+        # Together: each stop waits out uvicorn's shutdown polling (~0.2 s), paid once per test stack.
+        await asyncio.gather(el_server.stop(), runner_server.stop())
 
 
 def service_fields(service_url: str, around: Neighbours | None = None, **fields: Any) -> dict[str, Any]:
