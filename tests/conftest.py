@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -171,6 +172,23 @@ class Stack:
         async with asyncio.timeout(timeout):
             while delivery.inflight:
                 await asyncio.sleep(0.01)
+
+    async def housekeeping_passes(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until housekeeping has finished `count` more passes (each one stamps the keyspace scan
+        gauge) and the deliveries they started have settled."""
+
+        async def stamp() -> str | None:
+            text = (await self.http.get("/metrics")).text
+            found = re.search(r"^elevenlabs_agent_keyspace_scan_timestamp_seconds (\S+)$", text, re.M)
+            return found.group(1) if found else None
+
+        seen, passes = await stamp(), 0
+        async with asyncio.timeout(timeout):
+            while passes < count:
+                await asyncio.sleep(0.02)
+                if (now := await stamp()) != seen:
+                    seen, passes = now, passes + 1
+        await self.deliveries_settled()
 
     async def task(self, task_id: str) -> dict[str, str]:
         return await self.redis.hgetall(f"cursor_task:{task_id}")  # type: ignore[no-any-return]

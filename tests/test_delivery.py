@@ -363,7 +363,7 @@ async def test_websocket_push_reaches_conversation_without_opening_session_url(s
     # Re-registering replays nothing (nothing pending) and never opens the conversation URL.
     response = await stack.register(conversation_id, eleven_id)
     assert response.json()["pendingResults"] == 0
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert stack.elevenlabs.conversation_opens == 1  # only the socket this test opened
     await voice.close()
@@ -399,7 +399,7 @@ async def test_push_failure_keeps_result_pending_then_replays_once(stack: Stack)
     # Exactly once: another registration has nothing left to replay.
     response = await stack.register(conversation_id, eleven_id)
     assert response.json()["pendingResults"] == 0
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert stack.elevenlabs.conversation_opens == 1
     await voice.close()
@@ -516,6 +516,6 @@ async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> No
     for task_id in order:
         task = await stack.task(task_id)
         assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket"
-    await asyncio.sleep(0.2)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 3
     await voice.close()

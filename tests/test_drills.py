@@ -1178,7 +1178,7 @@ async def test_drill_5_callback_failures(
         return (await stack.task(task_id)).get("delivery") == "delivered"
 
     assert await poll(confirmed, 5) is not None
-    await asyncio.sleep(0.5)
+    await stack.deliveries_settled()
     assert context_ids(stack, eleven_id) == [task_id], "not delivered exactly once"
     code, out, err = await run_cli_async(
         "tasks", "list", "--status", "pending", "--redis-url", redis_server.url, "--json"
@@ -1320,7 +1320,7 @@ async def test_drill_6a_push_bridge_fixed(
     assert not await stack.redis.hexists(pending_key(conversation_id), task_id)
     task = await stack.task(task_id)
     assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket", task
-    await asyncio.sleep(0.8)  # several more housekeeping passes: a confirmed result is not pushed again
+    await stack.housekeeping_passes(3)  # a confirmed result is not pushed again
     assert context_ids(stack, eleven_id) == [task_id], "delivered more than once"
     m1 = await scrape(stack)
     drill.say(

@@ -798,7 +798,7 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
         return runtime.delivery.inflight == 0
 
     await eventually(push_attempted, timeout=5)
-    await asyncio.sleep(0.7)  # at least one housekeeping pass while the bridge still rejects
+    await stack.housekeeping_passes(1)  # at least one while the bridge still rejects
     assert await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
     assert (await stack.task(task_id))["delivery"] == "pending"
     assert not stack.elevenlabs.conversations[eleven_id].contextual_updates
@@ -816,6 +816,6 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
     assert not await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
     # Nobody registered again: the session is the one registered before the callback.
     assert await stack.redis.hget(f"elevenlabs:session:{conversation_id}", "registeredAt") == registered_at
-    await asyncio.sleep(1.2)  # two more passes: a confirmed result is not pushed again
+    await stack.housekeeping_passes(2)  # a confirmed result is not pushed again
     assert len(stack.elevenlabs.conversations[eleven_id].contextual_updates) == 1
     await voice.close()

@@ -138,7 +138,7 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
 
     assert await poll(all_delivered, 20), "spooled results not delivered after Redis returned"
     print(f"\nRedis return -> last delivery: {time.monotonic() - returned_at:.2f} s (6 results, ping every 0.5 s)")
-    await asyncio.sleep(0.5)
+    await stack.deliveries_settled()
     conversation = stack.elevenlabs.conversations.get(eleven_id)
     assert conversation is not None
     delivered = [u["context_id"] for u in conversation.contextual_updates]
@@ -419,7 +419,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
             return set(got) >= {t for t, _, _ in tasks}
 
         assert await poll(all_delivered, 30), "results of the down master not delivered after it returned"
-        await asyncio.sleep(0.5)
+        await stack.deliveries_settled()
         conversation = stack.elevenlabs.conversations.get(eleven_id)
         assert conversation is not None
         delivered = [u["context_id"] for u in conversation.contextual_updates]
