@@ -25,7 +25,7 @@ from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
-from elevenlabs_agent.sim.stack import neighbours, service_stack
+from elevenlabs_agent.sim.stack import service_stack
 from tests.helpers import BROWSER_IDENTITY
 from tests.serve_proc import ServeProcesses
 
@@ -206,9 +206,6 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path:
             webhook_secret = "whsec-" + secrets.token_urlsafe(24)
             runner_secret = "crsec-" + secrets.token_urlsafe(24)
             api_key = "xi-" + secrets.token_urlsafe(24)
-            around = await exits.enter_async_context(
-                neighbours(FakeElevenLabs(api_key=api_key), FakeCursorRunner(secret=runner_secret))
-            )
             fields: dict[str, Any] = {
                 "redis_url": redis_server.url,
                 "webhook_secret": SecretStr(webhook_secret),
@@ -219,9 +216,12 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path:
                 "log_level": "debug",
                 # Each stack takes its own slot in it; never the repository's .elevenlabs-agent/.
                 "callback_spool_dir": str(tmp_path / "spool"),
+                **overrides,
             }
-            wired = await exits.enter_async_context(service_stack(around, **{**fields, **overrides}))
-            service = wired.service
+            wired = await exits.enter_async_context(
+                service_stack(FakeElevenLabs(api_key=api_key), FakeCursorRunner(secret=runner_secret), **fields)
+            )
+            service, around = wired.service, wired.around
             http = await exits.enter_async_context(
                 httpx.AsyncClient(base_url=service.url, timeout=15, headers=BROWSER_IDENTITY)
             )

@@ -22,7 +22,6 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, neighbours
 from tests.conftest import StackFactory
 from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
@@ -401,14 +401,6 @@ def _since(at: float | None, origin: float) -> float | None:
 # --- b. serve SIGKILLed between acknowledging a callback and delivering it ---------------------------
 
 
-@contextlib.asynccontextmanager
-async def fake_elevenlabs() -> AsyncIterator[tuple[FakeElevenLabs, LocalServer]]:
-    fake = FakeElevenLabs()
-    async with LocalServer(fake.app()) as server:
-        fake.base_ws_url = server.ws_url
-        yield fake, server
-
-
 async def open_voice(server: LocalServer) -> tuple[Any, str]:
     """The browser's ElevenLabs conversation socket; returns it and ElevenLabs' conversation id."""
     ws = await websockets.connect(f"{server.ws_url}/v1/convai/conversation?agent_id=agent_faults")
@@ -463,10 +455,11 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
     serve_procs: ServeProcesses, redis: aioredis.Redis, redis_server: RedisServer
 ) -> None:
     runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")  # the test sends the callbacks
-    async with fake_elevenlabs() as (elevenlabs, el_server), LocalServer(runner.app()) as runner_server:
+    async with neighbours(runner=runner) as around:
+        elevenlabs, el_server = around.elevenlabs, around.elevenlabs_server
         env = {
             "REDIS_URL": redis_server.url,
-            "CURSOR_RUNNER_URL": runner_server.url,
+            **as_env(around.fields()),
             "PUSH_TIMEOUT_SECONDS": "30",  # a hung bridge keeps the delivery in flight until the kill
             "HOUSEKEEPING_INTERVAL_SECONDS": "0.3",  # refreshes the inflight_deliveries gauge
         }
@@ -877,7 +870,7 @@ async def test_push_bridge_answering_garbage_leaves_the_result_pending_then_a_go
         )
         assert registered.status_code == 200 and registered.json()["pendingResults"] == 1, registered.text
     await stack.elevenlabs.wait_update(eleven_id, len(task_of), timeout=10)
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     counts = context_ids(stack.elevenlabs, eleven_id)
     print(f"\npush bridge answering garbage (PUSH_TIMEOUT_SECONDS={push_timeout}):\n  " + "\n  ".join(rows))
     print(f"  then a working bridge: pushes per context_id {sorted(counts.values())}")

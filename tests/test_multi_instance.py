@@ -30,8 +30,8 @@ import websockets
 
 from elevenlabs_agent.redis_server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
-from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, neighbours
 from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcess, ServeProcesses
@@ -77,11 +77,10 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
     """A task created through instance A; cursor-runner's callback reaches instance B (another node
     behind the same address): B stores it and pushes it to the session registered through A, and a
     browser whose SSE stream is open on A sees the result B produced."""
-    elevenlabs = FakeElevenLabs()
     runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")
-    async with LocalServer(elevenlabs.app()) as el_server, LocalServer(runner.app()) as runner_server:
-        elevenlabs.base_ws_url = el_server.ws_url
-        env = {"REDIS_URL": redis_server.url, "CURSOR_RUNNER_URL": runner_server.url}
+    async with neighbours(runner=runner) as around:
+        elevenlabs, el_server = around.elevenlabs, around.elevenlabs_server
+        env = {"REDIS_URL": redis_server.url, **as_env(around.fields())}
         a, b = serve_procs.new(**env), serve_procs.new(**env)
         await start_all(a, b)
 

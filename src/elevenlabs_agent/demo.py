@@ -24,7 +24,7 @@ from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.redis_server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
-from elevenlabs_agent.sim.stack import Neighbours, neighbours, service_stack
+from elevenlabs_agent.sim.stack import Neighbours, service_stack
 
 AGENT_ID = "agent_demo"
 
@@ -54,14 +54,12 @@ async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], Non
     webhook_secret, runner_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     runner = FakeCursorRunner(secret=runner_secret, callback_delay=0.5)
     async with contextlib.AsyncExitStack() as stack:
-        around = await stack.enter_async_context(neighbours(FakeElevenLabs(), runner))
-        el_url, runner_url = around.elevenlabs_server.url, around.runner_server.url
-        step(f"simulated ElevenLabs on {el_url}, simulated cursor-runner on {runner_url}")
         wired = await stack.enter_async_context(
             # log_level: the timeline is the demo's output; the service speaks only when something is wrong.
             # The spool goes into the demo's temporary directory, not the working one.
             service_stack(
-                around,
+                FakeElevenLabs(),
+                runner,
                 redis_url=redis_url,
                 webhook_secret=webhook_secret,
                 elevenlabs_agent_id=AGENT_ID,
@@ -69,6 +67,9 @@ async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], Non
                 log_level="warning",
             )
         )
+        around = wired.around
+        el_url, runner_url = around.elevenlabs_server.url, around.runner_server.url
+        step(f"simulated ElevenLabs on {el_url}, simulated cursor-runner on {runner_url}")
         step(f"elevenlabs-agent listening on {wired.service.url}")
         # The browser's requests come through an authenticating proxy on this machine (BROWSER_AUTH=proxy).
         identity = {wired.settings.browser_auth_header: "demo-user"}

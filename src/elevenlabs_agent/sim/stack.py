@@ -47,21 +47,34 @@ class Neighbours:
 
 
 @contextlib.asynccontextmanager
-async def neighbours(
-    elevenlabs: FakeElevenLabs | None = None, runner: FakeCursorRunner | None = None
-) -> AsyncIterator[Neighbours]:
-    """Serve the two stand-ins (default ones unless given) on loopback ports for the block's duration."""
+async def _serving(*servers: LocalServer) -> AsyncIterator[None]:
+    """Start `servers` in order; stop them together (each stop waits out uvicorn's shutdown polling,
+    ~0.2 s, which a test suite pays once per stack)."""
+    try:
+        for server in servers:
+            await server.start()
+        yield
+    finally:
+        await asyncio.gather(*(server.stop() for server in servers))
+
+
+def _bind(elevenlabs: FakeElevenLabs | None, runner: FakeCursorRunner | None) -> Neighbours:
+    """The two stand-ins (default ones unless given) on bound loopback ports, not serving yet."""
     elevenlabs = elevenlabs or FakeElevenLabs()
     runner = runner or FakeCursorRunner()
     el_server, runner_server = LocalServer(elevenlabs.app()), LocalServer(runner.app())
-    try:
-        await el_server.start()
-        await runner_server.start()
-        elevenlabs.base_ws_url = el_server.ws_url  # signed URLs lead to this server's conversation socket
-        yield Neighbours(elevenlabs, el_server, runner, runner_server)
-    finally:
-        # Together: each stop waits out uvicorn's shutdown polling (~0.2 s), paid once per test stack.
-        await asyncio.gather(el_server.stop(), runner_server.stop())
+    elevenlabs.base_ws_url = el_server.ws_url  # signed URLs lead to this server's conversation socket
+    return Neighbours(elevenlabs, el_server, runner, runner_server)
+
+
+@contextlib.asynccontextmanager
+async def neighbours(
+    elevenlabs: FakeElevenLabs | None = None, runner: FakeCursorRunner | None = None
+) -> AsyncIterator[Neighbours]:
+    """Serve the two stand-ins on loopback ports for the block's duration (for `serve` processes)."""
+    around = _bind(elevenlabs, runner)
+    async with _serving(around.elevenlabs_server, around.runner_server):
+        yield around
 
 
 def service_fields(service_url: str, around: Neighbours | None = None, **fields: Any) -> dict[str, Any]:
@@ -102,13 +115,17 @@ class ServiceStack:
 
 
 @contextlib.asynccontextmanager
-async def service_stack(around: Neighbours, **fields: Any) -> AsyncIterator[ServiceStack]:
-    """The real service on a loopback port in this event loop, wired to `around` (see service_fields)."""
+async def service_stack(
+    elevenlabs: FakeElevenLabs | None = None, runner: FakeCursorRunner | None = None, **fields: Any
+) -> AsyncIterator[ServiceStack]:
+    """The two stand-ins and the real service, on loopback ports in this event loop (`fields`: see
+    service_fields; `redis_url` is required, this starts no Redis)."""
+    around = _bind(elevenlabs, runner)
     service = LocalServer()  # bound first: the service's settings need its own URL
     settings = Settings(**service_fields(service.url, around, **fields))
-    agent_logging.configure(settings.log_level, settings.secret_values)
     if not settings.redis_url:
         raise ValueError("service_stack needs a redis_url (it starts no embedded Redis)")
+    agent_logging.configure(settings.log_level, settings.secret_values)
     service.app = create_app(settings, settings.redis_url)
-    async with service:
+    async with _serving(around.elevenlabs_server, around.runner_server, service):
         yield ServiceStack(settings, service, around)
