@@ -399,6 +399,7 @@ async def test_callback_before_dispatch_returned(stack: Stack) -> None:
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_callback_after_dispatch_timed_out_is_accepted_and_delivered(make_stack: StackFactory) -> None:
     stack = await make_stack(dispatch_timeout_seconds=0.5)
     stack.runner.answer_delay = 1.5  # cursor-runner queues the job, but answers too late
@@ -438,6 +439,7 @@ async def black_hole() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.slow
 async def test_callback_answers_without_waiting_for_delivery(make_stack: StackFactory) -> None:
     stack = await make_stack(push_timeout_seconds=3.0)
     stack.runner.callback_kind = "none"
@@ -466,6 +468,7 @@ async def test_callback_answers_without_waiting_for_delivery(make_stack: StackFa
         assert (await stack.task(task.task_id)).get("delivery") != "delivered"
 
 
+@pytest.mark.slow
 async def test_result_pushed_to_a_bridge_that_never_reads_stays_pending(make_stack: StackFactory) -> None:
     """SPEC §5: delivered only when the channel confirms it. A bridge that accepts the socket but never
     reads the frame has not accepted the result; it must stay pending for the next session."""

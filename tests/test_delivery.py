@@ -189,6 +189,7 @@ async def pending_ids(stack: Stack, conversation_id: str) -> set[str]:
 # --- relay (SSE) ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_relay_result_reaches_subscriber_and_stays_pending_until_acked(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     relayed_before = await deliveries(stack, "relay", "published")
@@ -240,6 +241,7 @@ async def test_ack_validates_task_ids(stack: Stack) -> None:
         assert response.json()["success"] is False
 
 
+@pytest.mark.slow
 async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
@@ -263,6 +265,7 @@ async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) 
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_sse_live_event_for_subscriber_connected_before_callback(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
@@ -276,6 +279,7 @@ async def test_sse_live_event_for_subscriber_connected_before_callback(stack: St
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_sse_resume_with_last_event_id(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
@@ -490,6 +494,7 @@ async def test_session_ttl_refreshed_and_webhook_fields_survive_reregistration(s
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> None:
     conversation_id = await stack.create_conversation()
     manual_callbacks(stack)

@@ -377,6 +377,7 @@ async def test_websocket_subscribers_gauge_counts_open_sockets(live_stack: Stack
     await eventually(closed)
 
 
+@pytest.mark.slow
 async def test_websocket_resyncs_after_redis_restarts(make_stack: StackFactory, redis_server: RedisServer) -> None:
     """Pub/Sub loses what is published while the subscription is down: once it is back, every socket
     gets the conversation again (reason `resync`)."""

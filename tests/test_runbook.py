@@ -794,6 +794,7 @@ class Checks:
         assert "elevenlabs_agent_results_waiting 1.0" in output
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_runbook_procedures_work_against_a_live_stack(tmp_path: Path, runbook: Markdown) -> None:
     blocks = runbook.test_blocks()

@@ -288,6 +288,7 @@ async def spool_in_a_process(
     return service, tasks
 
 
+@pytest.mark.slow
 async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_process_brings_every_result_in(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:
@@ -364,6 +365,7 @@ def spool_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
     cluster.stop()
 
 
+@pytest.mark.slow
 async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
     make_stack: StackFactory, spool_cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
@@ -434,6 +436,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
 # --- the operator's CLI: spool status and spool replay ----------------------------------------------
 
 
+@pytest.mark.slow
 async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:
@@ -485,6 +488,7 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
         procs.kill_all()
 
 
+@pytest.mark.slow
 async def test_workers_each_journal_to_their_own_slot_and_replay_it(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:

@@ -267,6 +267,7 @@ async def test_insecure_dev_switch_does_not_bypass_a_configured_secret(make_stac
 # --- cursor-runner down, slow, failing -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["down", "slow", "unauthorized", "error500", "error503"])
 async def test_dispatch_failure_answers_fast_and_marks_task_failed(make_stack: StackFactory, mode: str) -> None:
     overrides: dict[str, Any] = {}
