@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,14 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import websockets
 import websockets.asyncio.client
+from prometheus_client.parser import text_string_to_metric_families
 
 from elevenlabs_agent.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 # The browser routes' default policy (BROWSER_AUTH=proxy): an identity header from a trusted
 # (loopback) proxy. Test clients of browser routes send it as the front end's proxy would.
@@ -131,3 +136,30 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
     return orjson.loads(ok(result))
+
+
+# --- Prometheus ------------------------------------------------------------------------------------
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found:
+        return found
+    local = REPO / ".tools" / "bin" / "promtool"
+    if local.is_file():
+        return str(local)
+    pytest.fail("promtool not found on PATH nor at .tools/bin/promtool: run scripts/bootstrap --test to install it")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a text exposition, by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sample with exactly these labels (0 if absent)."""
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
