@@ -12,15 +12,13 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio import RedisCluster
 
 from elevenlabs_agent.ops import inspect as ops_inspect
 from elevenlabs_agent.redis_server import RedisClusterServers
 from elevenlabs_agent.redis_urls import ClusterUnavailable, open_redis, parse_redis_url
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import SentinelSetup, Stack, StackFactory, eventually
-from tests.helpers import connect_ws, ok_json, run_cli
-from tests.test_delivery import subscribe
+from tests.helpers import connect_ws, nodes_holding, ok_json, run_cli, subscribe
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +28,6 @@ SESSION_TTL = 600
 
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def nodes_holding(client: aioredis.Redis, keys: list[str]) -> set[str]:
-    assert isinstance(client, RedisCluster)
-    return {client.get_node_from_key(key).name for key in keys}
 
 
 @pytest.fixture

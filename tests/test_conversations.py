@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -12,29 +11,10 @@ import pytest
 
 from elevenlabs_agent.url_policy import MAX_URL_LENGTH, check_url, host_allowed
 from tests.conftest import AGENT_ID, Stack, StackFactory
-from tests.helpers import assert_json_error
+from tests.helpers import assert_conversation_shape, assert_iso_utc, assert_json_error
 
 API = "/agent-conversations/api"
 ELEVENLABS_HOSTS = ("elevenlabs.io", "*.elevenlabs.io")
-
-
-def assert_iso_utc(value: Any) -> datetime:
-    assert isinstance(value, str) and value.endswith("Z"), value
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
-    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
-    return parsed
-
-
-def assert_conversation_shape(body: dict[str, Any]) -> None:
-    assert isinstance(body["conversationId"], str) and body["conversationId"]
-    assert isinstance(body["messages"], list)
-    assert isinstance(body["metadata"], dict)
-    created = assert_iso_utc(body["createdAt"])
-    accessed = assert_iso_utc(body["lastAccessedAt"])
-    assert accessed >= created
-    if "agentId" in body:
-        assert isinstance(body["agentId"], str)
 
 
 # --- create / get ---------------------------------------------------------------------------------

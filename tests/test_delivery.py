@@ -6,19 +6,15 @@ cursor-runner and the fake ElevenLabs (its conversation socket and its push brid
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, eventually
+from tests.helpers import subscribe
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -29,101 +25,6 @@ def pending_key(conversation_id: str) -> str:
 
 def events_url(conversation_id: str) -> str:
     return f"/agent-conversations/api/{conversation_id}/events"
-
-
-@dataclass
-class SSEEvent:
-    id: str | None
-    event: str | None
-    data: dict[str, Any]
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def task_id(self) -> str:
-        task_id: str = self.data["taskId"]
-        return task_id
-
-
-class SSEReader:
-    """Parses a text/event-stream response into events; `: keep-alive` comments are counted."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
-        self.keepalives = 0
-        self.retry: str | None = None
-
-    async def _block(self) -> list[str]:
-        block: list[str] = []
-        while True:
-            line = await anext(self._lines)
-            if line == "":
-                if block:
-                    return block
-                continue
-            block.append(line)
-
-    async def _next(self) -> SSEEvent | None:
-        """The next event, or None after a block without data (comment / retry)."""
-        block = await self._block()
-        event_id: str | None = None
-        name: str | None = None
-        data: list[str] = []
-        for line in block:
-            if line.startswith(":"):
-                if line[1:].strip() == "keep-alive":
-                    self.keepalives += 1
-                continue
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "id":
-                event_id = value
-            elif key == "event":
-                name = value
-            elif key == "data":
-                data.append(value)
-            elif key == "retry":
-                self.retry = value
-        if not data:
-            return None
-        return SSEEvent(event_id, name, orjson.loads("\n".join(data)), block)
-
-    async def next_event(self, timeout: float = 10.0) -> SSEEvent:
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self._next()
-                if event is not None:
-                    return event
-
-    async def events(self, count: int, timeout: float = 10.0) -> list[SSEEvent]:
-        return [await self.next_event(timeout) for _ in range(count)]
-
-    async def wait_keepalive(self, timeout: float = 10.0) -> None:
-        """Read until a keep-alive: the subscriber is then waiting for live events. No event may come first."""
-        seen = self.keepalives
-        async with asyncio.timeout(timeout):
-            while self.keepalives == seen:
-                event = await self._next()
-                assert event is None, f"unexpected event {event}"
-
-    async def expect_quiet(self, keepalives: int = 2, timeout: float = 15.0) -> None:
-        """No event arrives while `keepalives` keep-alive comments go by."""
-        target = self.keepalives + keepalives
-        async with asyncio.timeout(timeout):
-            while self.keepalives < target:
-                event = await self._next()
-                assert event is None, f"unexpected event {event}"
-
-
-@contextlib.asynccontextmanager
-async def subscribe(stack: Stack, conversation_id: str, last_event_id: str | None = None) -> AsyncIterator[SSEReader]:
-    headers = {"Accept": "text/event-stream"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = last_event_id
-    async with stack.http.stream("GET", events_url(conversation_id), headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        yield SSEReader(response)
 
 
 async def metric(stack: Stack, name: str, **labels: str) -> float:

@@ -23,8 +23,14 @@ from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
-from tests.helpers import BROWSER_IDENTITY, FRAME_TIMEOUT, assert_json_error, connect_ws, next_frame
-from tests.test_conversations import assert_conversation_shape
+from tests.helpers import (
+    BROWSER_IDENTITY,
+    FRAME_TIMEOUT,
+    assert_conversation_shape,
+    assert_json_error,
+    connect_ws,
+    next_frame,
+)
 
 API = "/agent-conversations/api"
 

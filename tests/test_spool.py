@@ -27,9 +27,8 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
 from tests.conftest import Stack, StackFactory
-from tests.helpers import BROWSER_IDENTITY, run_cli_async
+from tests.helpers import BROWSER_IDENTITY, nodes_holding, run_cli_async
 from tests.serve_proc import ServeProcesses
-from tests.test_cluster import nodes_holding
 
 WEBHOOK_SECRET = "spool-webhook-secret-0123456789"
 RUNNER_SECRET = "spool-runner-secret-0123456789"
