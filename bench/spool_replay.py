@@ -23,12 +23,11 @@ from pathlib import Path
 import httpx
 import redis
 from common import machine, write_results
-from stack import TASK_SECRET, WEBHOOK_SECRET, seed_tasks, uvicorn_app, wait_http
+from stack import TASK_SECRET, seed_tasks, service_env, uvicorn_app, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis_server import RedisServer, free_port  # noqa: E402
-from elevenlabs_agent.sim.stack import as_env, service_fields  # noqa: E402
 
 
 async def send_callbacks(
@@ -90,19 +89,14 @@ def main() -> None:
             seed_tasks(redis_server.port, iter(task_ids), lambda t: f"conv-spool-bench-{hash(t) % 50}")
             env = {
                 **os.environ,
-                **as_env(
-                    service_fields(
-                        url,
-                        port=port,
-                        host="127.0.0.1",
-                        redis_url=redis_server.url,
-                        webhook_secret=WEBHOOK_SECRET,
-                        log_level="error",
-                        cursor_runner_url=f"http://127.0.0.1:{runner_port}",
-                        housekeeping_interval_seconds=3600,
-                        redis_timeout_seconds=1,
-                        callback_spool_dir=str(Path(tmp) / "spool"),
-                    )
+                **service_env(
+                    url,
+                    port,
+                    redis_server.url,
+                    f"http://127.0.0.1:{runner_port}",
+                    Path(tmp) / "spool",
+                    log_level="error",
+                    redis_timeout_seconds=1,
                 ),
             }
             with (Path(tmp) / "service.log").open("wb") as log:

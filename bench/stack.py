@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -79,6 +80,22 @@ def proc_figures(pid: int) -> tuple[float, int]:
 def uvicorn_app(app: str, port: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(ROOT / "bench"), "--port", str(port)]
     return subprocess.Popen([*argv, "--log-level", "warning", "--no-access-log"])
+
+
+def service_env(url: str, port: int, redis_url: str, runner_url: str, spool_dir: Path, **extra: Any) -> dict[str, str]:
+    """The variables of a benchmarked `serve` at `url`: quiet, no housekeeping pass during a run;
+    `extra` (Settings fields) add to them and win."""
+    fields = {
+        "port": port,
+        "host": "127.0.0.1",
+        "redis_url": redis_url,
+        "webhook_secret": WEBHOOK_SECRET,
+        "log_level": "warning",
+        "cursor_runner_url": runner_url,
+        "housekeeping_interval_seconds": 3600,
+        "callback_spool_dir": str(spool_dir),
+    }
+    return as_env(service_fields(url, **{**fields, **extra}))
 
 
 @dataclass
@@ -148,18 +165,8 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
     s = Stack(f"http://127.0.0.1:{service_port}", redis_server.port)
     try:
         s.procs.append(uvicorn_app("fake_runner:app", runner_port))
-        env |= as_env(
-            service_fields(
-                s.target,
-                port=service_port,
-                host="127.0.0.1",
-                redis_url=redis_server.url,
-                webhook_secret=WEBHOOK_SECRET,
-                log_level="warning",
-                cursor_runner_url=f"http://127.0.0.1:{runner_port}",
-                housekeeping_interval_seconds=3600,
-                callback_spool_dir=str(Path(tmp.name) / "spool"),
-            )
+        env |= service_env(
+            s.target, service_port, redis_server.url, f"http://127.0.0.1:{runner_port}", Path(tmp.name) / "spool"
         )
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(
