@@ -521,9 +521,13 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
                         while not await confirmed(task_id):
                             await asyncio.sleep(0.02)
 
-                # Later registrations and housekeeping passes push nothing that was confirmed.
+                # Later registrations push nothing that was confirmed: a later result (the barrier)
+                # arrives, and nothing before it.
                 await register(client, el_server, push_conversation, eleven_id, push=True)
-                await asyncio.sleep(1.0)
+                barrier = await start_and_complete(client, runner, eleven_id, "after the re-registration")
+                async with asyncio.timeout(10):
+                    while barrier not in context_ids(elevenlabs, eleven_id):
+                        await asyncio.sleep(0.02)
                 counts = context_ids(elevenlabs, eleven_id)
                 metrics = await scrape(client)
         finally:
@@ -534,7 +538,7 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
             f"relay receptions {dict(relay.received)}; second instance deliveries "
             f"websocket={metrics.get('elevenlabs_agent_deliveries_total', channel='websocket', outcome='delivered')}"
         )
-        assert counts == Counter({delivered_before: 1, in_flight[0]: 1, in_flight[1]: 1}), counts
+        assert counts == Counter({delivered_before: 1, in_flight[0]: 1, in_flight[1]: 1, barrier: 1}), counts
         assert relay.received == Counter({no_session: 1}), relay.received
         assert not await redis.exists(f"elevenlabs:pending:{{{push_conversation}}}")
         assert not await redis.exists(f"elevenlabs:pending:{{{relay_conversation}}}")

@@ -139,7 +139,22 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
                 # cursor-runner never retries, but a duplicate to A changes nothing and pushes nothing.
                 duplicate = await on_a.post(url.removeprefix(a.url), json=body, headers=headers)
                 assert duplicate.status_code == 200 and duplicate.json().get("duplicate") is True, duplicate.text
-                await asyncio.sleep(0.5)
+                # A later result through A (the barrier) arrives, and nothing for the duplicate before it.
+                later = await tool_call(on_a, eleven_id, "the barrier", secret=WEBHOOK_SECRET)
+                later_id = later.json()["taskId"]
+                later_sent = next(r for r in runner.received if r["id"] == later_id)
+                later_url, later_secret = split_secret(later_sent["callbackUrl"])
+                answer = await on_a.post(
+                    later_url.removeprefix(a.url),
+                    json=callback_body("completion", later_id, later_sent["prompt"]),
+                    headers={"X-Webhook-Secret": later_secret or "", "X-Cursor-Runner-Secret": later_secret or ""},
+                )
+                assert answer.status_code == 200, answer.text
+                async with asyncio.timeout(10):
+                    while later_id not in [
+                        u["context_id"] for u in elevenlabs.conversations[eleven_id].contextual_updates
+                    ]:
+                        await asyncio.sleep(0.02)
             finally:
                 await browser.stop()
 
@@ -158,7 +173,7 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
         assert message["status"] == "completed" and message["role"] == "tool", message
         assert [u["context_id"] for u in updates] == [task_id]
         assert pushed_by == {"A": 0, "B": 1}, pushed_by
-        assert counts == Counter({task_id: 1}), counts
+        assert counts == Counter({task_id: 1, later_id: 1}), counts
         assert browser.received[task_id] >= 1
         await voice.close()
         for service in (a, b):
