@@ -34,6 +34,7 @@ from bench.common import machine, write_results
 from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, service_fields
 
 # Browser routes: the identity a loopback authenticating proxy would set (BROWSER_AUTH=proxy).
 IDENTITY = {"X-Forwarded-User": "bench"}
@@ -57,18 +58,18 @@ def percentile(values: list[float], q: float) -> float:
 
 async def start_serve(redis_url: str, runner_url: str, log: Path) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "REDIS_URL": redis_url,
-        "ELEVENLABS_AGENT_ENABLED": "true",
-        "ELEVENLABS_AGENT_URL": f"http://127.0.0.1:{port}",
-        "WEBHOOK_SECRET": SECRET,
-        "CURSOR_RUNNER_URL": runner_url,
-        "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
-        "LOG_LEVEL": "warning",
-    }
+    fields = service_fields(
+        f"http://127.0.0.1:{port}",
+        port=port,
+        host="127.0.0.1",
+        redis_url=redis_url,
+        webhook_secret=SECRET,
+        cursor_runner_url=runner_url,
+        cursor_runner_secret=RUNNER_SECRET,
+        log_level="warning",
+        callback_spool_dir=str(log.parent / f"spool-{port}"),
+    )
+    env = {**os.environ, **as_env(fields)}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

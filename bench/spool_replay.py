@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import redis
 from common import machine, write_results
-from stack import TASK_SECRET, WEBHOOK_SECRET, seed_tasks, uvicorn_app, wait_http
+from stack import TASK_SECRET, seed_tasks, service_env, uvicorn_app, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -89,17 +89,15 @@ def main() -> None:
             seed_tasks(redis_server.port, iter(task_ids), lambda t: f"conv-spool-bench-{hash(t) % 50}")
             env = {
                 **os.environ,
-                "PORT": str(port),
-                "HOST": "127.0.0.1",
-                "REDIS_URL": redis_server.url,
-                "ELEVENLABS_AGENT_ENABLED": "true",
-                "WEBHOOK_SECRET": WEBHOOK_SECRET,
-                "LOG_LEVEL": "error",
-                "CURSOR_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
-                "ELEVENLABS_AGENT_URL": url,
-                "HOUSEKEEPING_INTERVAL_SECONDS": "3600",
-                "REDIS_TIMEOUT_SECONDS": "1",
-                "CALLBACK_SPOOL_DIR": str(Path(tmp) / "spool"),
+                **service_env(
+                    url,
+                    port,
+                    redis_server.url,
+                    f"http://127.0.0.1:{runner_port}",
+                    Path(tmp) / "spool",
+                    log_level="error",
+                    redis_timeout_seconds=1,
+                ),
             }
             with (Path(tmp) / "service.log").open("wb") as log:
                 procs.append(subprocess.Popen([sys.executable, "-m", "elevenlabs_agent", "serve"], env=env, stdout=log))

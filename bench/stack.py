@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis.server import RedisServer, free_port  # noqa: E402
 from elevenlabs_agent.settings import Settings  # noqa: E402
+from elevenlabs_agent.sim.stack import as_env, service_fields  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from common import pipe_into_redis, resp  # noqa: E402
@@ -78,6 +80,22 @@ def proc_figures(pid: int) -> tuple[float, int]:
 def uvicorn_app(app: str, port: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(ROOT / "bench"), "--port", str(port)]
     return subprocess.Popen([*argv, "--log-level", "warning", "--no-access-log"])
+
+
+def service_env(url: str, port: int, redis_url: str, runner_url: str, spool_dir: Path, **extra: Any) -> dict[str, str]:
+    """The variables of a benchmarked `serve` at `url`: quiet, no housekeeping pass during a run;
+    `extra` (Settings fields) add to them and win."""
+    fields = {
+        "port": port,
+        "host": "127.0.0.1",
+        "redis_url": redis_url,
+        "webhook_secret": WEBHOOK_SECRET,
+        "log_level": "warning",
+        "cursor_runner_url": runner_url,
+        "housekeeping_interval_seconds": 3600,
+        "callback_spool_dir": str(spool_dir),
+    }
+    return as_env(service_fields(url, **{**fields, **extra}))
 
 
 @dataclass
@@ -147,18 +165,9 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
     s = Stack(f"http://127.0.0.1:{service_port}", redis_server.port)
     try:
         s.procs.append(uvicorn_app("fake_runner:app", runner_port))
-        env |= {
-            "PORT": str(service_port),
-            "HOST": "127.0.0.1",
-            "REDIS_URL": redis_server.url,
-            "ELEVENLABS_AGENT_ENABLED": "true",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "LOG_LEVEL": "warning",
-            "CURSOR_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
-            "ELEVENLABS_AGENT_URL": s.target,
-            "HOUSEKEEPING_INTERVAL_SECONDS": "3600",
-            "CALLBACK_SPOOL_DIR": str(Path(tmp.name) / "spool"),
-        }
+        env |= service_env(
+            s.target, service_port, redis_server.url, f"http://127.0.0.1:{runner_port}", Path(tmp.name) / "spool"
+        )
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(
                 [sys.executable, "-m", "elevenlabs_agent", "serve"], env={**os.environ, **env}, stdout=log

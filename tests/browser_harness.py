@@ -42,6 +42,7 @@ from starlette.routing import Route
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs, SimConversation
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, neighbours
 from elevenlabs_agent.stores.outbox import pending_key
 from tests.serve_proc import ServeProcess
 
@@ -315,18 +316,14 @@ async def browser_stack(tmp: Path, redis_url: str, **service_env: str) -> AsyncI
     elevenlabs = FakeElevenLabs(api_key=api_key, require_initiation=True, ping_interval=0.5)
     runner = FakeCursorRunner(secret=runner_secret, callback_kind="none")
     async with contextlib.AsyncExitStack() as exits:
-        el_server = await exits.enter_async_context(LocalServer(elevenlabs.app()))
-        elevenlabs.base_ws_url = el_server.ws_url
-        runner_server = await exits.enter_async_context(LocalServer(runner.app()))
+        around = await exits.enter_async_context(neighbours(elevenlabs, runner))
+        el_server, runner_server = around.elevenlabs_server, around.runner_server
         page_server = await exits.enter_async_context(LocalServer(page_app(page_dir)))
         env = {
             "REDIS_URL": redis_url,
             "WEBHOOK_SECRET": webhook_secret,
-            "ELEVENLABS_API_KEY": api_key,
             "ELEVENLABS_AGENT_ID": AGENT_ID,
-            "ELEVENLABS_API_URL": el_server.url,
-            "CURSOR_RUNNER_URL": runner_server.url,
-            "CURSOR_RUNNER_SECRET": runner_secret,
+            **as_env(around.fields()),
             "CORS_ALLOW_ORIGINS": page_server.url,
             "BROWSER_AUTH": "token",
             "BROWSER_API_TOKENS": browser_token,

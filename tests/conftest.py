@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -18,15 +19,15 @@ import redis.asyncio as aioredis
 import websockets
 from pydantic import SecretStr
 
-from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.http.app import create_app
 from elevenlabs_agent.redis.clients import open_redis
 from elevenlabs_agent.redis.server import RedisClusterServers, RedisSentinelServer, RedisServer
 from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import service_stack
 from tests.helpers import BROWSER_IDENTITY
+from tests.serve_proc import ServeProcesses
 
 AGENT_ID = "agent_test"
 
@@ -152,6 +153,43 @@ class Stack:
     ) -> httpx.Response:
         return await self.http.post(path, json=body, headers=self.auth if headers is None else headers)
 
+    async def start_task(self, conversation_ref: str, prompt: str = "Fix the bug") -> str:
+        """A code task the service accepted and dispatched: its id."""
+        response = await self.call_tool(
+            {"tool_name": "code_task", "conversation_id": conversation_ref, "prompt": prompt}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["success"] is True, response.text
+        task_id: str = response.json()["taskId"]
+        return task_id
+
+    async def deliveries_settled(self, timeout: float = 10.0) -> None:
+        """Wait until every delivery the service started (after a callback, a registration, a
+        housekeeping pass) has finished: pushed, failed or left waiting. Proves that a push did NOT
+        happen without sleeping for a guessed time."""
+        assert self.service.app is not None
+        delivery = self.service.app.state.runtime.delivery
+        async with asyncio.timeout(timeout):
+            while delivery.inflight:
+                await asyncio.sleep(0.01)
+
+    async def housekeeping_passes(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until housekeeping has finished `count` more passes (each one stamps the keyspace scan
+        gauge) and the deliveries they started have settled."""
+
+        async def stamp() -> str | None:
+            text = (await self.http.get("/metrics")).text
+            found = re.search(r"^elevenlabs_agent_keyspace_scan_timestamp_seconds (\S+)$", text, re.M)
+            return found.group(1) if found else None
+
+        seen, passes = await stamp(), 0
+        async with asyncio.timeout(timeout):
+            while passes < count:
+                await asyncio.sleep(0.02)
+                if (now := await stamp()) != seen:
+                    seen, passes = now, passes + 1
+        await self.deliveries_settled()
+
     async def task(self, task_id: str) -> dict[str, str]:
         return await self.redis.hgetall(f"cursor_task:{task_id}")  # type: ignore[no-any-return]
 
@@ -168,40 +206,36 @@ async def make_stack(redis: aioredis.Redis, redis_server: RedisServer, tmp_path:
             webhook_secret = "whsec-" + secrets.token_urlsafe(24)
             runner_secret = "crsec-" + secrets.token_urlsafe(24)
             api_key = "xi-" + secrets.token_urlsafe(24)
-            elevenlabs = FakeElevenLabs(api_key=api_key)
-            runner = FakeCursorRunner(secret=runner_secret)
-            el_server = await exits.enter_async_context(LocalServer(elevenlabs.app()))
-            elevenlabs.base_ws_url = el_server.ws_url
-            runner_server = await exits.enter_async_context(LocalServer(runner.app()))
-            service = LocalServer()
             fields: dict[str, Any] = {
-                "elevenlabs_agent_enabled": True,
                 "redis_url": redis_server.url,
                 "webhook_secret": SecretStr(webhook_secret),
-                "elevenlabs_api_key": SecretStr(api_key),
                 "elevenlabs_agent_id": AGENT_ID,
-                "elevenlabs_api_url": el_server.url,
-                "cursor_runner_url": runner_server.url,
-                "cursor_runner_secret": SecretStr(runner_secret),
-                "session_url_hosts": ("127.0.0.1",),
-                "elevenlabs_agent_url": service.url,
                 "dispatch_timeout_seconds": 2.0,
                 "push_timeout_seconds": 2.0,
                 "sse_keepalive_seconds": 1.0,
                 "log_level": "debug",
                 # Each stack takes its own slot in it; never the repository's .elevenlabs-agent/.
                 "callback_spool_dir": str(tmp_path / "spool"),
+                **overrides,
             }
-            fields.update(overrides)
-            settings = Settings(**fields)
-            agent_logging.configure(settings.log_level, settings.secret_values)
-            service.app = create_app(settings, settings.redis_url or redis_server.url)
-            await exits.enter_async_context(service)
+            wired = await exits.enter_async_context(
+                service_stack(FakeElevenLabs(api_key=api_key), FakeCursorRunner(secret=runner_secret), **fields)
+            )
+            service, around = wired.service, wired.around
             http = await exits.enter_async_context(
                 httpx.AsyncClient(base_url=service.url, timeout=15, headers=BROWSER_IDENTITY)
             )
             return Stack(
-                settings, service, http, runner, elevenlabs, el_server, redis, webhook_secret, runner_secret, api_key
+                wired.settings,
+                service,
+                http,
+                around.runner,
+                around.elevenlabs,
+                around.elevenlabs_server,
+                redis,
+                webhook_secret,
+                runner_secret,
+                api_key,
             )
 
         yield factory
@@ -217,6 +251,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
     async with asyncio.timeout(timeout):
         while not await check():
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def serve_procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeProcesses]:
+    """`serve` processes for one test (killed at its end); the test module's SERVE_ENV holds the
+    variables they share."""
+    processes = ServeProcesses(tmp_path, **getattr(request.module, "SERVE_ENV", {}))
+    yield processes
+    processes.kill_all()
 
 
 @pytest.fixture

@@ -24,20 +24,11 @@ import httpx
 import orjson
 
 from elevenlabs_agent.redis.server import free_port
-from elevenlabs_agent.settings import Settings
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, clean_env
 
 ENTRY_POINT = Path(sys.executable).parent / "elevenlabs-agent"
 MODULE_SERVE = [sys.executable, "-m", "elevenlabs_agent", "serve"]
 _log_numbers = itertools.count(1)
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
 
 
 class ServeProcess:

@@ -245,6 +245,7 @@ async def test_no_credential_reaches_the_logs(make_stack: StackFactory, capsys: 
         assert secret not in output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_metrics_port_serves_metrics_and_probes_apart(
     tmp_path: Path, redis_server: RedisServer, workers: str

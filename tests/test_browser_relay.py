@@ -25,7 +25,7 @@ from elevenlabs_agent.redis.server import RedisServer
 from tests.browser_harness import BROWSER_DIR, BrowserStack, browser_stack, percentile, sdk_version
 from tests.conftest import StackFactory
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture

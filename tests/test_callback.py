@@ -19,21 +19,11 @@ import pytest
 
 from elevenlabs_agent.sim.cursor_runner import CallbackKind, callback_body, split_secret
 from tests.conftest import Stack, StackFactory, eventually
-
-QUIET = 0.5  # how long to wait to be sure nothing more arrives
+from tests.helpers import assert_json_error
 
 
 def secret_headers(secret: str) -> dict[str, str]:
     return {"X-Webhook-Secret": secret, "X-Cursor-Runner-Secret": secret}
-
-
-def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 class Dispatched:
@@ -177,7 +167,7 @@ async def test_wrong_secret_is_401_and_changes_nothing(stack: Stack) -> None:
         assert_json_error(response, 401)
         assert task.secret not in response.text
 
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert await stack.task(task.task_id) == before
     assert await tool_messages(stack, conversation_id) == messages_before
     assert await stream_length(stack, conversation_id) == 0
@@ -334,7 +324,7 @@ async def test_repeated_callback_is_a_duplicate_and_delivers_once(stack: Stack) 
     assert second_status == 200 and second["duplicate"] is True, second
 
     await stack.elevenlabs.wait_update(eleven_id)
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert updates(stack, eleven_id)[0]["context_id"] == task_id
     messages = await tool_messages(stack, conversation_id)
@@ -357,7 +347,7 @@ async def test_duplicate_with_a_different_outcome_changes_nothing(stack: Stack) 
     assert stored["status"] == "completed"
     assert stored["result"] == after_first["result"]
     await stack.elevenlabs.wait_update(eleven_id)
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert [m["status"] for m in await tool_messages(stack, conversation_id)] == ["completed"]
     await voice.close()
@@ -376,7 +366,7 @@ async def test_concurrent_duplicates_accept_exactly_one(stack: Stack) -> None:
     assert accepted[0]["status"] == "completed"
 
     await stack.elevenlabs.wait_update(eleven_id)
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert await stream_length(stack, conversation_id) == 1
     assert len(await tool_messages(stack, conversation_id)) == 1
@@ -401,7 +391,7 @@ async def test_callback_before_dispatch_returned(stack: Stack) -> None:
 
     delivered = await stack.elevenlabs.wait_update(eleven_id)
     assert delivered[0]["context_id"] == task_id
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     stored = await stack.task(task_id)
     assert stored["status"] == "completed"
     assert orjson.loads(stored["result"])["exitCode"] == 0
@@ -409,6 +399,7 @@ async def test_callback_before_dispatch_returned(stack: Stack) -> None:
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_callback_after_dispatch_timed_out_is_accepted_and_delivered(make_stack: StackFactory) -> None:
     stack = await make_stack(dispatch_timeout_seconds=0.5)
     stack.runner.answer_delay = 1.5  # cursor-runner queues the job, but answers too late
@@ -448,6 +439,7 @@ async def black_hole() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.slow
 async def test_callback_answers_without_waiting_for_delivery(make_stack: StackFactory) -> None:
     stack = await make_stack(push_timeout_seconds=3.0)
     stack.runner.callback_kind = "none"
@@ -471,11 +463,12 @@ async def test_callback_answers_without_waiting_for_delivery(make_stack: StackFa
         # Persisted before the acknowledgement, and not lost when the push then fails.
         assert (await stack.task(task.task_id))["status"] == "completed"
         assert [m["status"] for m in await tool_messages(stack, conversation_id)] == ["completed"]
-        await asyncio.sleep(3.5)
+        await stack.deliveries_settled()  # the push gives up after push_timeout_seconds
         assert task.task_id in await pending_results(stack, conversation_id)
         assert (await stack.task(task.task_id)).get("delivery") != "delivered"
 
 
+@pytest.mark.slow
 async def test_result_pushed_to_a_bridge_that_never_reads_stays_pending(make_stack: StackFactory) -> None:
     """SPEC §5: delivered only when the channel confirms it. A bridge that accepts the socket but never
     reads the frame has not accepted the result; it must stay pending for the next session."""
@@ -486,7 +479,7 @@ async def test_result_pushed_to_a_bridge_that_never_reads_stays_pending(make_sta
     task_id = response.json()["taskId"]
     await stack.runner.wait_callbacks(1)
     assert stack.runner.callbacks[0][0] == 200
-    await asyncio.sleep(1.0 + QUIET)
+    await stack.deliveries_settled()  # the push gives up after push_timeout_seconds
     assert updates(stack, eleven_id) == []  # nothing reached the conversation ...
     assert (await stack.task(task_id)).get("delivery") != "delivered"  # ... so it is not delivered
     assert task_id in await pending_results(stack, conversation_id)
@@ -501,7 +494,7 @@ async def test_expired_session_keeps_result_until_next_registration(stack: Stack
 
     response = await post(stack, task, task.body("completion"))
     assert response.status_code == 200, response.text
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert updates(stack, eleven_id) == []
     pending = await pending_results(stack, conversation_id)
     assert list(pending) == [task.task_id]
@@ -517,6 +510,6 @@ async def test_expired_session_keeps_result_until_next_registration(stack: Stack
     assert "success" in delivered[0]["text"].lower()
     await eventually(lambda: _delivered(stack, task.task_id))
     assert await pending_results(stack, conversation_id) == {}
-    await asyncio.sleep(QUIET)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     await voice.close()

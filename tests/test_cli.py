@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,20 +19,10 @@ import pytest
 import redis as redis_sync
 
 from elevenlabs_agent.redis.server import RedisServer, free_port
-from tests.helpers import BROWSER_IDENTITY
-from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses, clean_env
+from tests.helpers import BROWSER_IDENTITY, clean_env, run_cli
+from tests.serve_proc import ENTRY_POINT, ServeProcess, ServeProcesses
 
 WEBHOOK_SECRET = "cli-test-webhook-secret-0123456789"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *args],
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def port_open(port: int) -> bool:
@@ -96,6 +85,7 @@ def test_module_entry_point_matches_the_script() -> None:
     assert "elevenlabs-agent" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("PORT", "notanumber"), ("PORT", "70000"), ("DRAIN_SECONDS", "-1"), ("ELEVENLABS_AGENT_ENABLED", "maybe")],
@@ -114,6 +104,7 @@ def test_invalid_configuration_exits_non_zero_with_one_clear_line(variable: str,
 # --- demo -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_round_trip_succeeds_and_prints_a_timeline() -> None:
     result = subprocess.run([str(ENTRY_POINT), "demo"], env=clean_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -130,6 +121,7 @@ def test_demo_round_trip_succeeds_and_prints_a_timeline() -> None:
 # --- serve ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_factory: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "embedded"
     service = service_factory(EMBEDDED_REDIS_DIR=str(data_dir), DRAIN_SECONDS="0.5")
@@ -173,6 +165,7 @@ def test_serve_with_embedded_redis_persists_and_shuts_down_cleanly(service_facto
     assert again.wait(timeout=15) == 0, again.output()
 
 
+@pytest.mark.slow
 def test_serve_with_redis_url_drains_then_exits(service_factory: Any, redis_server: RedisServer) -> None:
     if not redis_server.running:
         redis_server.start()
@@ -216,6 +209,7 @@ def test_serve_with_redis_url_drains_then_exits(service_factory: Any, redis_serv
         client.close()
 
 
+@pytest.mark.slow
 def test_serve_exits_promptly_with_an_open_event_stream(service_factory: Any, redis_server: RedisServer) -> None:
     """A browser holding the SSE stream open must not keep the process alive past the drain."""
     if not redis_server.running:

@@ -4,9 +4,6 @@ subprocess, against a local 3-master cluster (`redis+cluster://`) and behind a S
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,17 +12,16 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio import RedisCluster
 
 from elevenlabs_agent import housekeeping
 from elevenlabs_agent.redis.clients import ClusterUnavailable, open_redis
 from elevenlabs_agent.redis.server import RedisClusterServers
 from elevenlabs_agent.redis.urls import parse_redis_url
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import SentinelSetup, Stack, StackFactory, eventually
-from tests.helpers import connect_ws
-from tests.test_delivery import subscribe
+from tests.helpers import connect_ws, nodes_holding, ok_json, run_cli, subscribe
+
+pytestmark = pytest.mark.slow
 
 TASK_TTL = 86_400
 SESSION_TTL = 600
@@ -33,11 +29,6 @@ SESSION_TTL = 600
 
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def nodes_holding(client: aioredis.Redis, keys: list[str]) -> set[str]:
-    assert isinstance(client, RedisCluster)
-    return {client.get_node_from_key(key).name for key in keys}
 
 
 @pytest.fixture
@@ -274,25 +265,6 @@ async def test_unreachable_cluster_is_a_503_not_a_crash(make_stack: StackFactory
 
 
 # --- the ops CLI on a cluster ---------------------------------------------------------------------
-
-
-def run_cli(*args: str | Path, redis_url: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env["REDIS_URL"] = redis_url
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return orjson.loads(result.stdout)
 
 
 async def seed(client: aioredis.Redis, *, stuck: int, fresh: int, sessions: int) -> dict[str, dict[str, str]]:

@@ -4,47 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from elevenlabs_agent.url_policy import MAX_URL_LENGTH, check_url, host_allowed
 from tests.conftest import AGENT_ID, Stack, StackFactory
+from tests.helpers import assert_conversation_shape, assert_iso_utc, assert_json_error
 
 API = "/agent-conversations/api"
 ELEVENLABS_HOSTS = ("elevenlabs.io", "*.elevenlabs.io")
-
-
-def assert_iso_utc(value: Any) -> datetime:
-    assert isinstance(value, str) and value.endswith("Z"), value
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
-    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
-    return parsed
-
-
-def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    assert "Traceback" not in response.text
-    return body
-
-
-def assert_conversation_shape(body: dict[str, Any]) -> None:
-    assert isinstance(body["conversationId"], str) and body["conversationId"]
-    assert isinstance(body["messages"], list)
-    assert isinstance(body["metadata"], dict)
-    created = assert_iso_utc(body["createdAt"])
-    accessed = assert_iso_utc(body["lastAccessedAt"])
-    assert accessed >= created
-    if "agentId" in body:
-        assert isinstance(body["agentId"], str)
 
 
 # --- create / get ---------------------------------------------------------------------------------
@@ -99,7 +69,7 @@ async def test_create_duplicate_id_is_409_and_keeps_original(stack: Stack) -> No
     assert first.status_code == 201
     await stack.http.post(f"{API}/dup-1/message", json={"role": "user", "content": "hi"})
     second = await stack.http.post(f"{API}/new", json={"conversationId": "dup-1", "agentId": "agent_two"})
-    body = assert_error(second, 409)
+    body = assert_json_error(second, 409)
     assert body.get("conversationId") == "dup-1"
     got = (await stack.http.get(f"{API}/dup-1")).json()
     assert got["agentId"] == "agent_one"
@@ -129,22 +99,22 @@ async def test_create_rejects_bad_input(stack: Stack) -> None:
     for body in BAD_CREATE_BODIES:
         response = await stack.http.post(f"{API}/new", json=body)
         assert response.status_code == 400, (body, response.text)
-        assert_error(response, 400)
+        assert_json_error(response, 400)
     assert (await stack.http.get(f"{API}/list")).json()["total"] == 0
 
 
 async def test_create_rejects_malformed_json_and_wrong_content_type(stack: Stack) -> None:
     bad_json = await stack.http.post(f"{API}/new", content=b"{nope", headers={"Content-Type": "application/json"})
-    assert_error(bad_json, 400)
+    assert_json_error(bad_json, 400)
     wrong_type = await stack.http.post(f"{API}/new", content=b"a=b", headers={"Content-Type": "text/plain"})
-    assert_error(wrong_type, 415)
+    assert_json_error(wrong_type, 415)
 
 
 async def test_get_unknown_is_404_and_bad_id_400(stack: Stack) -> None:
-    body = assert_error(await stack.http.get(f"{API}/does-not-exist"), 404)
+    body = assert_json_error(await stack.http.get(f"{API}/does-not-exist"), 404)
     assert body.get("conversationId") == "does-not-exist"
     for bad in ("bad%20id", "a:b", "a*b", "%7Bx%7D", "-leading-dash", "x" * 129):
-        assert_error(await stack.http.get(f"{API}/{bad}"), 400)
+        assert_json_error(await stack.http.get(f"{API}/{bad}"), 400)
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -227,16 +197,16 @@ async def test_append_rejects_bad_message(stack: Stack) -> None:
     for body in BAD_MESSAGES:
         response = await stack.http.post(f"{API}/{conversation_id}/message", json=body)
         assert response.status_code == 400, (body, response.text)
-        assert_error(response, 400)
+        assert_json_error(response, 400)
     assert (await stack.http.get(f"{API}/{conversation_id}")).json()["messages"] == []
 
 
 async def test_append_to_unknown_conversation_is_404_and_does_not_create_it(stack: Stack) -> None:
     response = await stack.http.post(f"{API}/ghost/message", json={"role": "user", "content": "hi"})
-    assert_error(response, 404)
-    assert_error(await stack.http.get(f"{API}/ghost"), 404)
+    assert_json_error(response, 404)
+    assert_json_error(await stack.http.get(f"{API}/ghost"), 404)
     assert await stack.redis.exists("elevenlabs:conversation:ghost") == 0
-    assert_error(await stack.http.post(f"{API}/bad%20id/message", json={"role": "user", "content": "hi"}), 400)
+    assert_json_error(await stack.http.post(f"{API}/bad%20id/message", json={"role": "user", "content": "hi"}), 400)
 
 
 async def test_message_cap_is_409(make_stack: StackFactory) -> None:
@@ -246,7 +216,7 @@ async def test_message_cap_is_409(make_stack: StackFactory) -> None:
         response = await stack.http.post(f"{API}/{conversation_id}/message", json={"role": "user", "content": str(n)})
         assert response.status_code == 201, response.text
     over = await stack.http.post(f"{API}/{conversation_id}/message", json={"role": "user", "content": "3"})
-    assert_error(over, 409)
+    assert_json_error(over, 409)
     messages = (await stack.http.get(f"{API}/{conversation_id}")).json()["messages"]
     assert [m["content"] for m in messages] == ["0", "1", "2"]
 
@@ -291,7 +261,7 @@ async def test_list_newest_first_with_pagination(stack: Stack) -> None:
     [{"limit": "0"}, {"limit": "-1"}, {"limit": "abc"}, {"limit": "101"}, {"limit": "1.5"}, {"offset": "-1"}],
 )
 async def test_list_rejects_bad_paging(stack: Stack, params: dict[str, str]) -> None:
-    assert_error(await stack.http.get(f"{API}/list", params=params), 400)
+    assert_json_error(await stack.http.get(f"{API}/list", params=params), 400)
 
 
 # --- session registration -------------------------------------------------------------------------
@@ -369,10 +339,10 @@ async def test_webhook_finds_conversation_through_alias(stack: Stack) -> None:
 
 async def test_register_session_unknown_conversation_is_404(stack: Stack) -> None:
     response = await stack.http.post(f"{API}/nobody-here/session", json=session_body(stack))
-    assert_error(response, 404)
+    assert_json_error(response, 404)
     assert await stack.redis.exists("elevenlabs:session:nobody-here") == 0
     assert await stack.redis.exists("elevenlabs:alias:conv_eleven_1") == 0
-    assert_error(await stack.http.post(f"{API}/bad%20id/session", json=session_body(stack)), 400)
+    assert_json_error(await stack.http.post(f"{API}/bad%20id/session", json=session_body(stack)), 400)
 
 
 BAD_SESSION_CHANGES: list[dict[str, Any]] = [
@@ -393,21 +363,21 @@ async def test_register_session_rejects_bad_body(stack: Stack) -> None:
     url = f"{API}/{conversation_id}/session"
     without_url = session_body(stack)
     del without_url["sessionUrl"]
-    assert "sessionUrl" in assert_error(await stack.http.post(url, json=without_url), 400)["error"]
+    assert "sessionUrl" in assert_json_error(await stack.http.post(url, json=without_url), 400)["error"]
     for change in BAD_SESSION_CHANGES:
         response = await stack.http.post(url, json={**session_body(stack), **change})
         assert response.status_code == 400, (change, response.text)
-        assert_error(response, 400)
+        assert_json_error(response, 400)
     assert await stack.redis.exists(f"elevenlabs:session:{conversation_id}") == 0
 
 
 async def test_register_session_rejects_non_object_body(stack: Stack) -> None:
     conversation_id = await stack.create_conversation()
-    assert_error(await stack.http.post(f"{API}/{conversation_id}/session", json=[]), 400)
+    assert_json_error(await stack.http.post(f"{API}/{conversation_id}/session", json=[]), 400)
     empty = await stack.http.post(
         f"{API}/{conversation_id}/session", content=b"", headers={"Content-Type": "application/json"}
     )
-    assert_error(empty, 400)
+    assert_json_error(empty, 400)
 
 
 SSRF_URLS = [
@@ -437,7 +407,7 @@ async def test_register_session_ssrf_guard(stack: Stack) -> None:
             body = {**session_body(stack), field: url, "metadata": {"elevenConversationId": "conv_ssrf"}}
             response = await stack.http.post(f"{API}/{conversation_id}/session", json=body)
             assert response.status_code == 400, (field, url, response.text)
-            assert_error(response, 400)
+            assert_json_error(response, 400)
     assert await stack.redis.exists(f"elevenlabs:session:{conversation_id}") == 0
     assert await stack.redis.exists("elevenlabs:alias:conv_ssrf") == 0
 
@@ -465,8 +435,8 @@ async def test_register_session_with_default_elevenlabs_hosts(make_stack: StackF
         "http://169.254.169.254/",
     ]
     for session_url in refused:
-        assert_error(await stack.http.post(url, json={"sessionUrl": session_url}), 400)
-    assert_error(
+        assert_json_error(await stack.http.post(url, json={"sessionUrl": session_url}), 400)
+    assert_json_error(
         await stack.http.post(
             url, json={"sessionUrl": allowed[0], "pushUrl": f"{stack.elevenlabs_server.ws_url}/push/x"}
         ),

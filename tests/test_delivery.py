@@ -6,19 +6,15 @@ cursor-runner and the fake ElevenLabs (its conversation socket and its push brid
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, eventually
+from tests.helpers import subscribe
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -29,101 +25,6 @@ def pending_key(conversation_id: str) -> str:
 
 def events_url(conversation_id: str) -> str:
     return f"/agent-conversations/api/{conversation_id}/events"
-
-
-@dataclass
-class SSEEvent:
-    id: str | None
-    event: str | None
-    data: dict[str, Any]
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def task_id(self) -> str:
-        task_id: str = self.data["taskId"]
-        return task_id
-
-
-class SSEReader:
-    """Parses a text/event-stream response into events; `: keep-alive` comments are counted."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
-        self.keepalives = 0
-        self.retry: str | None = None
-
-    async def _block(self) -> list[str]:
-        block: list[str] = []
-        while True:
-            line = await anext(self._lines)
-            if line == "":
-                if block:
-                    return block
-                continue
-            block.append(line)
-
-    async def _next(self) -> SSEEvent | None:
-        """The next event, or None after a block without data (comment / retry)."""
-        block = await self._block()
-        event_id: str | None = None
-        name: str | None = None
-        data: list[str] = []
-        for line in block:
-            if line.startswith(":"):
-                if line[1:].strip() == "keep-alive":
-                    self.keepalives += 1
-                continue
-            key, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if key == "id":
-                event_id = value
-            elif key == "event":
-                name = value
-            elif key == "data":
-                data.append(value)
-            elif key == "retry":
-                self.retry = value
-        if not data:
-            return None
-        return SSEEvent(event_id, name, orjson.loads("\n".join(data)), block)
-
-    async def next_event(self, timeout: float = 10.0) -> SSEEvent:
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self._next()
-                if event is not None:
-                    return event
-
-    async def events(self, count: int, timeout: float = 10.0) -> list[SSEEvent]:
-        return [await self.next_event(timeout) for _ in range(count)]
-
-    async def wait_keepalive(self, timeout: float = 10.0) -> None:
-        """Read until a keep-alive: the subscriber is then waiting for live events. No event may come first."""
-        seen = self.keepalives
-        async with asyncio.timeout(timeout):
-            while self.keepalives == seen:
-                event = await self._next()
-                assert event is None, f"unexpected event {event}"
-
-    async def expect_quiet(self, keepalives: int = 2, timeout: float = 15.0) -> None:
-        """No event arrives while `keepalives` keep-alive comments go by."""
-        target = self.keepalives + keepalives
-        async with asyncio.timeout(timeout):
-            while self.keepalives < target:
-                event = await self._next()
-                assert event is None, f"unexpected event {event}"
-
-
-@contextlib.asynccontextmanager
-async def subscribe(stack: Stack, conversation_id: str, last_event_id: str | None = None) -> AsyncIterator[SSEReader]:
-    headers = {"Accept": "text/event-stream"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = last_event_id
-    async with stack.http.stream("GET", events_url(conversation_id), headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        yield SSEReader(response)
 
 
 async def metric(stack: Stack, name: str, **labels: str) -> float:
@@ -158,14 +59,6 @@ async def wait_deliveries(stack: Stack, channel: str, outcome: str, at_least: fl
     await eventually(reached)
 
 
-async def start_task(stack: Stack, conversation_ref: str, prompt: str = "Fix the bug") -> str:
-    response = await stack.call_tool({"tool_name": "code_task", "conversation_id": conversation_ref, "prompt": prompt})
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True
-    task_id: str = response.json()["taskId"]
-    return task_id
-
-
 async def finish_task(stack: Stack, task_id: str) -> None:
     """POST the completion callback the way cursor-runner does (secret moved from the URL to headers)."""
     sent = next(r for r in stack.runner.received if r["id"] == task_id)
@@ -197,12 +90,13 @@ async def pending_ids(stack: Stack, conversation_id: str) -> set[str]:
 # --- relay (SSE) ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_relay_result_reaches_subscriber_and_stays_pending_until_acked(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     relayed_before = await deliveries(stack, "relay", "published")
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()
-        task_id = await start_task(stack, eleven_id, "Fix the login bug")
+        task_id = await stack.start_task(eleven_id, "Fix the login bug")
         event = await sse.next_event()
 
     assert event.event == "task_update"
@@ -248,10 +142,11 @@ async def test_ack_validates_task_ids(stack: Stack) -> None:
         assert response.json()["success"] is False
 
 
+@pytest.mark.slow
 async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await finish_task(stack, task_id)
     assert await pending_ids(stack, conversation_id) == {task_id}
 
@@ -271,10 +166,11 @@ async def test_sse_replays_result_published_while_nobody_listened(stack: Stack) 
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_sse_live_event_for_subscriber_connected_before_callback(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()  # subscribed and waiting: what comes now is live
         await finish_task(stack, task_id)
@@ -284,10 +180,11 @@ async def test_sse_live_event_for_subscriber_connected_before_callback(stack: St
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_sse_resume_with_last_event_id(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     manual_callbacks(stack)
-    t1, t2, t3 = [await start_task(stack, eleven_id, f"task {n}") for n in (1, 2, 3)]
+    t1, t2, t3 = [await stack.start_task(eleven_id, f"task {n}") for n in (1, 2, 3)]
 
     async with subscribe(stack, conversation_id) as sse:
         await sse.wait_keepalive()
@@ -355,7 +252,7 @@ async def test_sse_unknown_conversation_is_404_and_bad_id_400(stack: Stack) -> N
 
 async def test_websocket_push_reaches_conversation_without_opening_session_url(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     got = await stack.elevenlabs.wait_update(eleven_id)
     assert got == [{"type": "contextual_update", "text": got[0]["text"], "context_id": task_id}]
     assert task_id in got[0]["text"]
@@ -371,7 +268,7 @@ async def test_websocket_push_reaches_conversation_without_opening_session_url(s
     # Re-registering replays nothing (nothing pending) and never opens the conversation URL.
     response = await stack.register(conversation_id, eleven_id)
     assert response.json()["pendingResults"] == 0
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert stack.elevenlabs.conversation_opens == 1  # only the socket this test opened
     await voice.close()
@@ -381,7 +278,7 @@ async def test_push_failure_keeps_result_pending_then_replays_once(stack: Stack)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     stack.elevenlabs.push_mode = "reject"
     failed_before = await deliveries(stack, "websocket", "failed")
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await stack.runner.wait_callbacks(1)
     assert stack.runner.callbacks[0][0] == 200
     await wait_deliveries(stack, "websocket", "failed", failed_before + 1)
@@ -407,7 +304,7 @@ async def test_push_failure_keeps_result_pending_then_replays_once(stack: Stack)
     # Exactly once: another registration has nothing left to replay.
     response = await stack.register(conversation_id, eleven_id)
     assert response.json()["pendingResults"] == 0
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 1
     assert stack.elevenlabs.conversation_opens == 1
     await voice.close()
@@ -422,7 +319,7 @@ async def test_reregistration_without_push_url_switches_to_relay(stack: Stack) -
     assert response.status_code == 200
 
     attempts_before = await delivery_attempts(stack)
-    task_id = await start_task(stack, new_eleven_id)
+    task_id = await stack.start_task(new_eleven_id)
     await stack.runner.wait_callbacks(1)
 
     async def attempted() -> bool:
@@ -442,7 +339,7 @@ async def test_reregistration_without_push_url_switches_to_relay(stack: Stack) -
 async def test_expired_session_result_waits_then_new_registration_delivers(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     await stack.redis.delete(f"elevenlabs:session:{conversation_id}")  # the session expired
 
     waiting_before = await deliveries(stack, "none", "waiting")
@@ -469,6 +366,7 @@ async def test_expired_session_result_waits_then_new_registration_delivers(stack
         return (await stack.task(task_id)).get("delivery") == "delivered"
 
     await eventually(delivered)
+    await stack.deliveries_settled()  # marked delivered first, then dropped from pending
     assert await pending_ids(stack, conversation_id) == set()
     assert updates(stack, eleven_id) == []
     assert stack.elevenlabs.conversation_opens == 2  # the two sockets this test opened
@@ -482,7 +380,7 @@ async def test_session_ttl_refreshed_and_webhook_fields_survive_reregistration(s
     assert 590 <= await stack.redis.ttl(session_key) <= 600
 
     manual_callbacks(stack)
-    task_id = await start_task(stack, eleven_id)
+    task_id = await stack.start_task(eleven_id)
     session = await stack.redis.hgetall(session_key)
     assert session["lastTaskId"] == task_id
     assert session["lastToolCallAt"].endswith("Z")
@@ -497,11 +395,12 @@ async def test_session_ttl_refreshed_and_webhook_fields_survive_reregistration(s
     await voice.close()
 
 
+@pytest.mark.slow
 async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> None:
     conversation_id = await stack.create_conversation()
     manual_callbacks(stack)
     # No session and no alias yet: the webhook names our conversation id directly.
-    t1, t2, t3 = [await start_task(stack, conversation_id, f"task {n}") for n in (1, 2, 3)]
+    t1, t2, t3 = [await stack.start_task(conversation_id, f"task {n}") for n in (1, 2, 3)]
     order = [t2, t3, t1]  # results arrive in a different order than the tasks started
     for task_id in order:
         await finish_task(stack, task_id)
@@ -524,6 +423,6 @@ async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> No
     for task_id in order:
         task = await stack.task(task_id)
         assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket"
-    await asyncio.sleep(0.2)
+    await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 3
     await voice.close()

@@ -4,7 +4,6 @@ probes of the systemd, docker compose and Kubernetes artifacts, against what the
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from elevenlabs_agent import metrics
 from elevenlabs_agent.settings import Settings
+from tests.helpers import promtool
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -47,16 +47,6 @@ METRIC_NAME = re.compile(r"elevenlabs_agent_[a-z_]+")
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found:
-        return found
-    local = REPO / ".tools" / "bin" / "promtool"
-    if local.is_file():
-        return str(local)
-    pytest.fail("promtool not found on PATH nor at .tools/bin/promtool: run scripts/bootstrap --test to install it")
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

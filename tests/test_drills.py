@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,7 +37,9 @@ from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.stores.tasks import STUCK_TASK_AGE
 from elevenlabs_agent.timeutil import parse_iso
 from tests.conftest import Stack, StackFactory
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, run_cli_async
+
+pytestmark = pytest.mark.slow
 
 # --- helpers: logs, metrics, CLI, timing ------------------------------------------------------------
 
@@ -182,28 +182,6 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float, interval: f
     return None
 
 
-async def cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
-    """`python -m elevenlabs_agent ...` as an operator runs it (a subprocess: the service runs in this loop)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "elevenlabs_agent",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 def speakable(body: Any) -> bool:
     message = body.get("message") if isinstance(body, dict) else None
     return isinstance(message, str) and len(message.strip()) > 10 and "{" not in message and "Traceback" not in message
@@ -230,14 +208,6 @@ async def post_callback(
 ) -> httpx.Response:
     headers = {header: secret} if secret is not None else {}
     return await stack.http.post(url, json=body, headers=headers)
-
-
-async def start_task(stack: Stack, eleven_id: str, prompt: str) -> str:
-    response = await stack.call_tool({"conversation_id": eleven_id, "prompt": prompt})
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True, response.text
-    task_id: str = response.json()["taskId"]
-    return task_id
 
 
 def context_ids(stack: Stack, eleven_id: str) -> list[str]:
@@ -274,7 +244,7 @@ async def test_drill_1_redis_unavailable(
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
 
     # Before the fault: one result delivered, one task still waiting for its callback.
-    task_done = await start_task(stack, eleven_id, "before the outage: delivered")
+    task_done = await stack.start_task(eleven_id, "before the outage: delivered")
     assert await wait_delivered(stack, eleven_id, task_done) is not None
 
     async def recorded() -> bool:
@@ -282,7 +252,7 @@ async def test_drill_1_redis_unavailable(
 
     assert await poll(recorded, 5) is not None
     stack.runner.callback_kind = "none"
-    task_open = await start_task(stack, eleven_id, "before the outage: still running")
+    task_open = await stack.start_task(eleven_id, "before the outage: still running")
     open_url, open_secret = callback_of(stack, task_open)
     before_task_done = await stack.task(task_done)
     before_task_open = await stack.task(task_open)
@@ -368,7 +338,9 @@ async def test_drill_1_redis_unavailable(
         )
         spool = (await stack.http.get("/health")).json().get("callbackSpool") or {}
         drill.check(spool.get("records") == 1, '`"callbackSpool"` in `/health` growing', spool)
-        code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+        code, out, err = await run_cli_async(
+            "spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json"
+        )
         drill.check(
             code == 0 and orjson.loads(out or "{}").get("records") == 1,
             "`elevenlabs-agent spool status` ... lists each slot, ... its records",
@@ -426,14 +398,14 @@ async def test_drill_1_redis_unavailable(
             (m1.get("elevenlabs_agent_callbacks_spooled_total"), m1.get("elevenlabs_agent_callback_spool_records")),
         )
 
-        code, out, err = await cli("health", "--url", stack.service.url)
+        code, out, err = await run_cli_async("health", "--url", stack.service.url)
         drill.check(
             code == 1 and out.startswith("unhealthy: ") and "redis=fail" in out,
             "`elevenlabs-agent health` ... `redis=fail` -> Redis unavailable; exits 1 otherwise",
             (code, out, err),
         )
         drill.say(f"health CLI during the outage: exit {code}: {out.strip()}")
-        code, out, err = await cli("stats", "--redis-url", redis_server.url)
+        code, out, err = await run_cli_async("stats", "--redis-url", redis_server.url)
         drill.check(
             code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out,
             "Every command that touches Redis ... exits non-zero with one line on error",
@@ -472,15 +444,15 @@ async def test_drill_1_redis_unavailable(
     )
     health = await stack.http.get("/health")
     drill.check(health.json().get("redis") == "connected", "reconnects by itself", health.text)
-    code, out, err = await cli("health", "--url", stack.service.url)
+    code, out, err = await run_cli_async("health", "--url", stack.service.url)
     drill.check(code == 0 and "redis=pass" in out, "Verify with `elevenlabs-agent health`", (code, out, err))
-    code, out, err = await cli("stats", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async("stats", "--redis-url", redis_server.url, "--json")
     drill.check(code == 0, "Verify with ... `elevenlabs-agent stats`", (code, err))
 
     # A tool call and its callback work again; data written before the fault is still there.
     stack.runner.callback_kind = "completion"
     sent = len(stack.runner.callbacks)
-    task_after = await start_task(stack, eleven_id, "after the outage")
+    task_after = await stack.start_task(eleven_id, "after the outage")
     await stack.runner.wait_callbacks(sent + 1)
     assert stack.runner.callbacks[sent][0] == 200, stack.runner.callbacks
     assert await wait_delivered(stack, eleven_id, task_after) is not None
@@ -496,7 +468,7 @@ async def test_drill_1_redis_unavailable(
         conversation.get(k) == v for k, v in before_conversation.items() if k.startswith("msg:") and k != open_message
     ), "conversation messages written before the outage changed"
     assert sorted(context_ids(stack, eleven_id)) == sorted([task_done, task_open, task_after])
-    code, out, err = await cli("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
+    code, out, err = await run_cli_async("spool", "status", "--dir", stack.settings.callback_spool_dir or "", "--json")
     drill.check(code == 0 and orjson.loads(out)["records"] == 0, "spool drained: `spool status`", (code, out))
     # The webhooks refused with 503 created nothing.
     assert await count_keys(stack, "cursor_task:*") == 3
@@ -815,7 +787,7 @@ async def test_drill_3_expired_session(
     stack = await drill.stack(make_stack, session_ttl_seconds=1, housekeeping_interval_seconds=0.2)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     stack.runner.callback_kind = "none"  # the callback is sent below, once the session has expired
-    task_id = await start_task(stack, eleven_id, "finish after the browser went away")
+    task_id = await stack.start_task(eleven_id, "finish after the browser went away")
     url, secret = callback_of(stack, task_id)
 
     async def session_gone() -> bool:
@@ -856,7 +828,7 @@ async def test_drill_3_expired_session(
     )
     drill.check(context_ids(stack, eleven_id) == [], "a result arrives when the conversation has no live session", "")
 
-    code, out, err = await cli("stats", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async("stats", "--redis-url", redis_server.url, "--json")
     assert code == 0, err
     families = {f["family"]: f for f in orjson.loads(out)}
     drill.check(
@@ -865,7 +837,7 @@ async def test_drill_3_expired_session(
         families["pending_results"],
     )
     drill.say(f"stats --json pending_results: {families['pending_results']}")
-    code, out, err = await cli("sessions", "list", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async("sessions", "list", "--redis-url", redis_server.url, "--json")
     assert code == 0, err
     drill.check(
         all(row.get("conversationId") != conversation_id for row in orjson.loads(out)),
@@ -1068,8 +1040,8 @@ async def test_drill_5_callback_failures(
     stack = await drill.stack(make_stack, housekeeping_interval_seconds=0.2)
     conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
     stack.runner.callback_kind = "none"  # this drill plays cursor-runner's callbacks itself
-    task_id = await start_task(stack, eleven_id, "the task whose callback gets forged")
-    expired_id = await start_task(stack, eleven_id, "the task that expires before its callback")
+    task_id = await stack.start_task(eleven_id, "the task whose callback gets forged")
+    expired_id = await stack.start_task(eleven_id, "the task that expires before its callback")
     url, secret = callback_of(stack, task_id)
     expired_url, expired_secret = callback_of(stack, expired_id)
     body = callback_body("completion", task_id, "genuine")
@@ -1107,17 +1079,19 @@ async def test_drill_5_callback_failures(
     )
     task = await stack.task(task_id)
     drill.check(task["status"] == "pending", "Tasks then stay `pending`", task)
-    code, out, err = await cli("tasks", "list", "--status", "pending", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async(
+        "tasks", "list", "--status", "pending", "--redis-url", redis_server.url, "--json"
+    )
     assert code == 0, err
     listed = {row["taskId"] for row in orjson.loads(out)}
     drill.check(task_id in listed, "`elevenlabs-agent tasks list --status pending` finds them", listed)
-    code, out, _ = await cli("tasks", "list", "--status", "pending", "--redis-url", redis_server.url)
+    code, out, _ = await run_cli_async("tasks", "list", "--status", "pending", "--redis-url", redis_server.url)
     drill.check(code == 0 and task_id in out, "`tasks list --status pending` (table) shows the task", out)
     drill.say(f"tasks list --status pending: {sorted(listed)}")
 
     # "Tasks then stay `pending` and count as stuck after an hour": a task whose callback was lost
     # long ago (its creation backdated by 2 h, standing in for the wait) is what the diagnosis finds.
-    lost_id = await start_task(stack, eleven_id, "the task whose callback cursor-runner lost")
+    lost_id = await stack.start_task(eleven_id, "the task whose callback cursor-runner lost")
     await stack.redis.hset(f"cursor_task:{lost_id}", "createdAt", iso_ago(2 * 3600))
     ttl = await stack.redis.ttl(f"cursor_task:{lost_id}")
     drill.check(
@@ -1125,13 +1099,13 @@ async def test_drill_5_callback_failures(
         "Tasks then stay `pending` and count as stuck after an hour (they expire at 24 h)",
         f"TTL {ttl} s left at age 2 h",
     )
-    code, out, err = await cli(
+    code, out, err = await run_cli_async(
         "tasks", "list", "--status", "pending", "--older-than", "30m", "--redis-url", redis_server.url, "--json"
     )
     assert code == 0, err
     old = {row["taskId"] for row in orjson.loads(out)}
     drill.check(old == {lost_id}, "`elevenlabs-agent tasks list --status pending --older-than 30m`", old)
-    code, out, err = await cli("stats", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async("stats", "--redis-url", redis_server.url, "--json")
     stuck = {f["family"]: f for f in orjson.loads(out)}["tasks"]
     drill.check(
         stuck.get("stuckPending") == 1, "`stats` shows ... how many are stuck (pending for more than 1 h)", stuck
@@ -1203,9 +1177,11 @@ async def test_drill_5_callback_failures(
         return (await stack.task(task_id)).get("delivery") == "delivered"
 
     assert await poll(confirmed, 5) is not None
-    await asyncio.sleep(0.5)
+    await stack.deliveries_settled()
     assert context_ids(stack, eleven_id) == [task_id], "not delivered exactly once"
-    code, out, err = await cli("tasks", "list", "--status", "pending", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async(
+        "tasks", "list", "--status", "pending", "--redis-url", redis_server.url, "--json"
+    )
     assert code == 0 and task_id not in {row["taskId"] for row in orjson.loads(out)}, out
     history = (await stack.http.get(f"/agent-conversations/api/{conversation_id}")).json()["messages"]
     assert [m["status"] for m in history if m.get("taskId") == task_id] == ["completed"], history
@@ -1266,7 +1242,7 @@ async def push_failing(
     timeout = stack.settings.push_timeout_seconds
     hang = f"push bridge accepts the socket but never confirms (PUSH_TIMEOUT_SECONDS={timeout})"
     drill.fault("push bridge refuses every contextual_update" if mode == "reject" else hang)
-    task_id = await start_task(stack, eleven_id, "result for a dead bridge")
+    task_id = await stack.start_task(eleven_id, "result for a dead bridge")
     await stack.runner.wait_callbacks(1)
     assert stack.runner.callbacks[-1][0] == 200, stack.runner.callbacks
 
@@ -1343,7 +1319,7 @@ async def test_drill_6a_push_bridge_fixed(
     assert not await stack.redis.hexists(pending_key(conversation_id), task_id)
     task = await stack.task(task_id)
     assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket", task
-    await asyncio.sleep(0.8)  # several more housekeeping passes: a confirmed result is not pushed again
+    await stack.housekeeping_passes(3)  # a confirmed result is not pushed again
     assert context_ids(stack, eleven_id) == [task_id], "delivered more than once"
     m1 = await scrape(stack)
     drill.say(
@@ -1383,10 +1359,10 @@ async def test_drill_6b_dead_bridge_cleared_then_relay(
         [r.get("error") for r in failed],
     )
 
-    code, out, err = await cli("sessions", "purge", "--older-than", "0s", "--redis-url", redis_server.url)
+    code, out, err = await run_cli_async("sessions", "purge", "--older-than", "0s", "--redis-url", redis_server.url)
     assert code == 0 and out.startswith("dry run: 1 of 1"), (code, out, err)
     backup = tmp_path / "sessions-stale.jsonl"
-    code, out, err = await cli(
+    code, out, err = await run_cli_async(
         "sessions", "purge", "--older-than", "0s", "--yes", "--backup", str(backup), "--redis-url", redis_server.url
     )
     assert code == 0 and out.startswith("deleted 1 of 1"), (code, out, err)
@@ -1396,7 +1372,7 @@ async def test_drill_6b_dead_bridge_cleared_then_relay(
         "A session stuck on a dead bridge can be cleared ...; its results stay pending",
         "the pending result is gone",
     )
-    code, out, err = await cli("stats", "--redis-url", redis_server.url, "--json")
+    code, out, err = await run_cli_async("stats", "--redis-url", redis_server.url, "--json")
     waiting = {f["family"]: f for f in orjson.loads(out)}["pending_results"]["resultsWaiting"]
     drill.check(waiting == 1, "results stay pending (stats)", waiting)
 

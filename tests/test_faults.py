@@ -22,7 +22,6 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,13 @@ from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, neighbours
 from tests.conftest import StackFactory
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcesses, wait_status
+
+pytestmark = pytest.mark.slow
 
 WEBHOOK_SECRET = "faults-webhook-secret-0123456789"
 RUNNER_SECRET = "faults-runner-secret-0123456789"
@@ -53,19 +55,14 @@ RUNNER_SECRET = "faults-runner-secret-0123456789"
 # --- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
-    processes = ServeProcesses(
-        tmp_path,
-        WEBHOOK_SECRET=WEBHOOK_SECRET,
-        CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-        LOG_LEVEL="warning",
-        DRAIN_SECONDS="0.2",
-        SHUTDOWN_TIMEOUT_SECONDS="5",
-        SSE_KEEPALIVE_SECONDS="1",
-    )
-    yield processes
-    processes.kill_all()
+SERVE_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
+    "LOG_LEVEL": "warning",
+    "DRAIN_SECONDS": "0.2",
+    "SHUTDOWN_TIMEOUT_SECONDS": "5",
+    "SSE_KEEPALIVE_SECONDS": "1",
+}
 
 
 def fsync_always_redis(directory: Path) -> RedisServer:
@@ -125,16 +122,6 @@ async def create_conversation(client: httpx.AsyncClient, conversation_id: str) -
     assert response.status_code == 201, response.text
 
 
-async def tool_call(
-    client: httpx.AsyncClient, conversation_ref: str, prompt: str, secret: str = WEBHOOK_SECRET
-) -> httpx.Response:
-    return await client.post(
-        "/agent-tools",
-        json={"conversation_id": conversation_ref, "prompt": prompt},
-        headers={"X-Webhook-Secret": secret},
-    )
-
-
 async def tool_message(redis: aioredis.Redis, conversation_id: str, task_id: str) -> dict[str, Any] | None:
     key = f"elevenlabs:conversation:{conversation_id}"
     field_name = await redis.hget(key, f"task:{task_id}")
@@ -163,7 +150,9 @@ async def load_loop(
                 return
             load.sent += 1
             try:
-                response = await tool_call(client, conversation_id, f"task {n} of {conversation_id}")
+                response = await tool_call(
+                    client, conversation_id, f"task {n} of {conversation_id}", secret=WEBHOOK_SECRET
+                )
             except httpx.HTTPError as exc:
                 load.failures.append(f"POST /agent-tools: {exc!r}")
                 continue
@@ -412,14 +401,6 @@ def _since(at: float | None, origin: float) -> float | None:
 # --- b. serve SIGKILLed between acknowledging a callback and delivering it ---------------------------
 
 
-@contextlib.asynccontextmanager
-async def fake_elevenlabs() -> AsyncIterator[tuple[FakeElevenLabs, LocalServer]]:
-    fake = FakeElevenLabs()
-    async with LocalServer(fake.app()) as server:
-        fake.base_ws_url = server.ws_url
-        yield fake, server
-
-
 async def open_voice(server: LocalServer) -> tuple[Any, str]:
     """The browser's ElevenLabs conversation socket; returns it and ElevenLabs' conversation id."""
     ws = await websockets.connect(f"{server.ws_url}/v1/convai/conversation?agent_id=agent_faults")
@@ -451,7 +432,7 @@ async def start_and_complete(
     secret: str = WEBHOOK_SECRET,
 ) -> str:
     """A tool call, then cursor-runner's callback for it (acknowledged with 200)."""
-    response = await tool_call(client, conversation_ref, prompt, secret)
+    response = await tool_call(client, conversation_ref, prompt, secret=secret)
     assert response.status_code == 200 and response.json()["success"] is True, response.text
     task_id: str = response.json()["taskId"]
     sent = next(r for r in runner.received if r["id"] == task_id)
@@ -474,10 +455,11 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
     serve_procs: ServeProcesses, redis: aioredis.Redis, redis_server: RedisServer
 ) -> None:
     runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")  # the test sends the callbacks
-    async with fake_elevenlabs() as (elevenlabs, el_server), LocalServer(runner.app()) as runner_server:
+    async with neighbours(runner=runner) as around:
+        elevenlabs, el_server = around.elevenlabs, around.elevenlabs_server
         env = {
             "REDIS_URL": redis_server.url,
-            "CURSOR_RUNNER_URL": runner_server.url,
+            **as_env(around.fields()),
             "PUSH_TIMEOUT_SECONDS": "30",  # a hung bridge keeps the delivery in flight until the kill
             "HOUSEKEEPING_INTERVAL_SECONDS": "0.3",  # refreshes the inflight_deliveries gauge
         }
@@ -539,9 +521,13 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
                         while not await confirmed(task_id):
                             await asyncio.sleep(0.02)
 
-                # Later registrations and housekeeping passes push nothing that was confirmed.
+                # Later registrations push nothing that was confirmed: a later result (the barrier)
+                # arrives, and nothing before it.
                 await register(client, el_server, push_conversation, eleven_id, push=True)
-                await asyncio.sleep(1.0)
+                barrier = await start_and_complete(client, runner, eleven_id, "after the re-registration")
+                async with asyncio.timeout(10):
+                    while barrier not in context_ids(elevenlabs, eleven_id):
+                        await asyncio.sleep(0.02)
                 counts = context_ids(elevenlabs, eleven_id)
                 metrics = await scrape(client)
         finally:
@@ -552,7 +538,7 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
             f"relay receptions {dict(relay.received)}; second instance deliveries "
             f"websocket={metrics.get('elevenlabs_agent_deliveries_total', channel='websocket', outcome='delivered')}"
         )
-        assert counts == Counter({delivered_before: 1, in_flight[0]: 1, in_flight[1]: 1}), counts
+        assert counts == Counter({delivered_before: 1, in_flight[0]: 1, in_flight[1]: 1, barrier: 1}), counts
         assert relay.received == Counter({no_session: 1}), relay.received
         assert not await redis.exists(f"elevenlabs:pending:{{{push_conversation}}}")
         assert not await redis.exists(f"elevenlabs:pending:{{{relay_conversation}}}")
@@ -888,7 +874,7 @@ async def test_push_bridge_answering_garbage_leaves_the_result_pending_then_a_go
         )
         assert registered.status_code == 200 and registered.json()["pendingResults"] == 1, registered.text
     await stack.elevenlabs.wait_update(eleven_id, len(task_of), timeout=10)
-    await asyncio.sleep(0.3)
+    await stack.deliveries_settled()
     counts = context_ids(stack.elevenlabs, eleven_id)
     print(f"\npush bridge answering garbage (PUSH_TIMEOUT_SECONDS={push_timeout}):\n  " + "\n  ".join(rows))
     print(f"  then a working bridge: pushes per context_id {sorted(counts.values())}")

@@ -23,8 +23,14 @@ from elevenlabs_agent.services import live
 from elevenlabs_agent.sim.cursor_runner import split_secret
 from elevenlabs_agent.stores import conversations as conversation_store
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
-from tests.helpers import BROWSER_IDENTITY, FRAME_TIMEOUT, connect_ws, next_frame
-from tests.test_conversations import assert_conversation_shape, assert_error
+from tests.helpers import (
+    BROWSER_IDENTITY,
+    FRAME_TIMEOUT,
+    assert_conversation_shape,
+    assert_json_error,
+    connect_ws,
+    next_frame,
+)
 
 API = "/agent-conversations/api"
 
@@ -134,7 +140,7 @@ async def test_sort_orders_follow_tool_results_written_by_the_service(stack: Sta
 async def test_unknown_sort_values_are_400_naming_the_allowed_ones(
     stack: Stack, params: dict[str, str], named: str
 ) -> None:
-    body = assert_error(await stack.http.get(f"{API}/list", params=params), 400)
+    body = assert_json_error(await stack.http.get(f"{API}/list", params=params), 400)
     assert named in body["error"], body
 
 
@@ -350,9 +356,9 @@ async def test_websocket_refused_when_the_feature_flag_is_off(make_stack: StackF
 
 
 async def test_websocket_route_as_plain_http_is_426(live_stack: Stack) -> None:
-    body = assert_error(await live_stack.http.get(f"{API}/ws", params={"conversationId": "c1"}), 426)
+    body = assert_json_error(await live_stack.http.get(f"{API}/ws", params={"conversationId": "c1"}), 426)
     assert "WebSocket" in body["error"]
-    assert_error(await live_stack.http.post(f"{API}/new", json={"conversationId": "ws"}), 400)
+    assert_json_error(await live_stack.http.post(f"{API}/new", json={"conversationId": "ws"}), 400)
 
 
 async def test_websocket_subscribers_gauge_counts_open_sockets(live_stack: Stack) -> None:
@@ -377,6 +383,7 @@ async def test_websocket_subscribers_gauge_counts_open_sockets(live_stack: Stack
     await eventually(closed)
 
 
+@pytest.mark.slow
 async def test_websocket_resyncs_after_redis_restarts(make_stack: StackFactory, redis_server: RedisServer) -> None:
     """Pub/Sub loses what is published while the subscription is down: once it is back, every socket
     gets the conversation again (reason `resync`)."""

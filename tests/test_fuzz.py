@@ -46,8 +46,9 @@ from elevenlabs_agent.services.tools import TOOL_NAME_PATTERN, ToolCall
 from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks, outbox, ratelimits, sessions, tasks
 from elevenlabs_agent.stores.ids import ID_PATTERN, is_valid_id
 from tests.conftest import AGENT_ID, Stack, StackFactory
-from tests.helpers import BROWSER_IDENTITY
-from tests.test_logging import Captured
+from tests.helpers import BROWSER_IDENTITY, Captured
+
+pytestmark = pytest.mark.slow
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 # A long run gets a per-test timeout that grows with it; the bounded run keeps the suite's default.

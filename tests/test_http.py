@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from elevenlabs_agent.redis.server import RedisServer, free_port
 from tests.conftest import AGENT_ID, Stack, StackFactory, eventually
+from tests.helpers import assert_json_error
 
 CONVERSATION = "conv-http-test"
 
@@ -27,22 +27,6 @@ POST_ROUTES = [
     "/agent-conversations/api/{cid}/session",
     "/agent-conversations/api/{cid}/events/ack",
 ]
-
-TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
-
-
-def assert_json_error(response: httpx.Response, status: int | tuple[int, ...]) -> dict[str, Any]:
-    """A JSON `{"success": false, "error": ...}` with the expected status, and nothing of a stack trace."""
-    expected = (status,) if isinstance(status, int) else status
-    assert response.status_code in expected, (response.status_code, response.text[:500])
-    assert response.headers["content-type"].startswith("application/json"), response.headers["content-type"]
-    body = response.json()
-    assert isinstance(body, dict), body
-    assert body["success"] is False, body
-    assert isinstance(body["error"], str) and body["error"].strip(), body
-    for marker in TRACEBACK_MARKERS:
-        assert marker not in response.text, response.text[:500]
-    return body
 
 
 async def prepare(stack: Stack) -> str:

@@ -31,8 +31,10 @@ from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
 from tests.conftest import StackFactory, eventually
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.serve_proc import ServeProcess, ServeProcesses, wait_status
+
+pytestmark = pytest.mark.slow
 
 WEBHOOK_SECRET = "lifecycle-webhook-secret-0123456789"
 RUNNER_SECRET = "lifecycle-runner-secret-0123456789"
@@ -76,14 +78,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendonly=True)
     yield server
     server.stop()
-
-
-async def tool_call(client: httpx.AsyncClient, conversation_id: str, prompt: str = "run the tests") -> httpx.Response:
-    return await client.post(
-        "/agent-tools",
-        json={"conversation_id": conversation_id, "prompt": prompt},
-        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
-    )
 
 
 async def tool_message(redis: aioredis.Redis, conversation_id: str, task_id: str) -> dict[str, Any]:
@@ -231,7 +225,9 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
             for n in range(100_000):
                 if stop_sending.is_set() or port_closed.is_set() or time.monotonic() > hard_deadline:
                     return
-                response = await attempt(load, "POST /agent-tools", tool_call(client, f"conv-load-{index}-{n}"))
+                response = await attempt(
+                    load, "POST /agent-tools", tool_call(client, f"conv-load-{index}-{n}", secret=WEBHOOK_SECRET)
+                )
                 if response is None and load.signalled_at is not None:
                     return
                 if response is not None and response.status_code == 200:
@@ -505,7 +501,7 @@ async def test_request_in_flight_when_shutdown_begins_is_answered_within_the_shu
         service.signal(signal.SIGTERM)
         signalled = time.monotonic()
         try:
-            response = await tool_call(client, "conv-inflight", "slow to dispatch")
+            response = await tool_call(client, "conv-inflight", "slow to dispatch", secret=WEBHOOK_SECRET)
         except httpx.HTTPError as exc:
             response = None
             error = repr(exc)
@@ -536,7 +532,7 @@ async def test_callback_during_drain_is_stored_and_acknowledged(
     )
     await service.start()
     async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=10) as client:
-        response = await tool_call(client, "conv-drain-callback", "fix the flaky test")
+        response = await tool_call(client, "conv-drain-callback", "fix the flaky test", secret=WEBHOOK_SECRET)
         signalled = time.monotonic()
         service.signal(signal.SIGTERM)
         assert response.status_code == 200, response.text
@@ -571,7 +567,7 @@ async def test_callback_during_drain_is_stored_and_acknowledged(
 
 async def assert_redis_down_answers(client: httpx.AsyncClient, conversation_id: str, how: str = "down") -> None:
     began = time.monotonic()
-    response = await tool_call(client, conversation_id, "while redis is down")
+    response = await tool_call(client, conversation_id, "while redis is down", secret=WEBHOOK_SECRET)
     elapsed = time.monotonic() - began
     print(f"\nwebhook with Redis {how}: HTTP {response.status_code} in {elapsed:.2f} s")
     assert response.status_code == 503, response.text
@@ -600,7 +596,7 @@ async def test_service_recovers_from_a_redis_restart_without_restarting(
     await service.start()
     async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=15) as client:
         await wait_status(client, "/ready", 200, 5)
-        before = await tool_call(client, "conv-outage", "before the outage")
+        before = await tool_call(client, "conv-outage", "before the outage", secret=WEBHOOK_SECRET)
         assert before.status_code == 200 and before.json()["success"] is True, before.text
         task_before = before.json()["requestId"]
 
@@ -612,7 +608,9 @@ async def test_service_recovers_from_a_redis_restart_without_restarting(
         await asyncio.to_thread(own_redis.start)  # same port, same directory
         assert own_redis.port == port
         recovered = await wait_status(client, "/ready", 200, 5)
-        after = [await tool_call(client, "conv-outage", f"after the outage {i}") for i in range(3)]
+        after = [
+            await tool_call(client, "conv-outage", f"after the outage {i}", secret=WEBHOOK_SECRET) for i in range(3)
+        ]
         print(f"\nRedis restarted: /ready 200 after {recovered:.2f} s; tool calls {[r.status_code for r in after]}")
         for response in after:
             assert response.status_code == 200 and response.json()["success"] is True, response.text
@@ -652,7 +650,7 @@ async def test_service_answers_in_bounded_time_while_redis_hangs_and_recovers(
     try:
         async with httpx.AsyncClient(headers=BROWSER_IDENTITY, base_url=service.url, timeout=15) as client:
             await wait_status(client, "/ready", 200, 5)
-            before = await tool_call(client, "conv-hung", "before the hang")
+            before = await tool_call(client, "conv-hung", "before the hang", secret=WEBHOOK_SECRET)
             assert before.status_code == 200 and before.json()["success"] is True, before.text
 
             own_redis.process.send_signal(signal.SIGSTOP)
@@ -660,7 +658,7 @@ async def test_service_answers_in_bounded_time_while_redis_hangs_and_recovers(
 
             own_redis.process.send_signal(signal.SIGCONT)
             recovered = await wait_status(client, "/ready", 200, 5)
-            after = await tool_call(client, "conv-hung", "after the hang")
+            after = await tool_call(client, "conv-hung", "after the hang", secret=WEBHOOK_SECRET)
             print(f"\nRedis resumed: /ready 200 after {recovered:.2f} s; tool call HTTP {after.status_code}")
             assert after.status_code == 200 and after.json()["success"] is True, after.text
             assert (await client.get("/health")).json()["redis"] == "connected"
@@ -682,7 +680,7 @@ async def test_serve_starts_while_redis_is_down_and_recovers_when_it_comes_up(
 
         await asyncio.to_thread(own_redis.start)
         recovered = await wait_status(client, "/ready", 200, 5)
-        response = await tool_call(client, "conv-cold-start", "now that redis is up")
+        response = await tool_call(client, "conv-cold-start", "now that redis is up", secret=WEBHOOK_SECRET)
         print(f"\nRedis came up: /ready 200 after {recovered:.2f} s; tool call HTTP {response.status_code}")
         assert response.status_code == 200 and response.json()["success"] is True, response.text
         assert (await client.get("/health")).json()["redis"] == "connected"
@@ -799,7 +797,7 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
         return runtime.delivery.inflight == 0
 
     await eventually(push_attempted, timeout=5)
-    await asyncio.sleep(0.7)  # at least one housekeeping pass while the bridge still rejects
+    await stack.housekeeping_passes(1)  # at least one while the bridge still rejects
     assert await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
     assert (await stack.task(task_id))["delivery"] == "pending"
     assert not stack.elevenlabs.conversations[eleven_id].contextual_updates
@@ -817,6 +815,6 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
     assert not await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
     # Nobody registered again: the session is the one registered before the callback.
     assert await stack.redis.hget(f"elevenlabs:session:{conversation_id}", "registeredAt") == registered_at
-    await asyncio.sleep(1.2)  # two more passes: a confirmed result is not pushed again
+    await stack.housekeeping_passes(2)  # a confirmed result is not pushed again
     assert len(stack.elevenlabs.conversations[eleven_id].contextual_updates) == 1
     await voice.close()

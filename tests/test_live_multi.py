@@ -15,7 +15,6 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,21 @@ from tests.conftest import eventually
 from tests.helpers import BROWSER_IDENTITY, FRAME_TIMEOUT, connect_ws, next_frame
 from tests.serve_proc import ServeProcess, ServeProcesses
 
+pytestmark = pytest.mark.slow
+
 WEBHOOK_SECRET = "live-webhook-secret-0123456789"
 RUNNER_SECRET = "live-runner-secret-0123456789"
 API = "/agent-conversations/api"
 IDLE_SOCKETS = 1_000
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
-    processes = ServeProcesses(
-        tmp_path,
-        WEBHOOK_SECRET=WEBHOOK_SECRET,
-        CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-        LOG_LEVEL="warning",
-        DRAIN_SECONDS="0.5",
-        SHUTDOWN_TIMEOUT_SECONDS="5",
-    )
-    yield processes
-    processes.kill_all()
+SERVE_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
+    "LOG_LEVEL": "warning",
+    "DRAIN_SECONDS": "0.5",
+    "SHUTDOWN_TIMEOUT_SECONDS": "5",
+}
 
 
 def ws_url(service: ServeProcess, conversation_id: str) -> str:

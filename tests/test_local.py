@@ -32,7 +32,9 @@ import pytest
 from elevenlabs_agent import events
 from elevenlabs_agent.local import SIMULATOR_BANNER
 from elevenlabs_agent.redis.server import free_port
-from tests.serve_proc import clean_env
+from tests.helpers import clean_env
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

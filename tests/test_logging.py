@@ -17,37 +17,10 @@ from elevenlabs_agent import events
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.logging import REDACTED, Redactor
 from tests.conftest import StackFactory, eventually
+from tests.helpers import Captured
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "elevenlabs_agent"
 EVENT_NAME = re.compile(r"^[a-z_]+\.[a-z_]+$")
-
-
-class Captured:
-    """Accumulates what capsys has captured so far (readouterr() consumes it)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.out = ""
-        self.err = ""
-
-    def read(self) -> str:
-        captured = self.capsys.readouterr()
-        self.out += captured.out
-        self.err += captured.err
-        return self.out
-
-    def records(self) -> list[dict[str, Any]]:
-        lines = [line for line in self.read().splitlines() if line.strip()]
-        parsed = []
-        for line in lines:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                pytest.fail(f"stdout line is not JSON: {line[:300]!r}")
-            assert isinstance(record, dict), line
-            assert isinstance(record.get("event"), str) and record["event"], line
-            parsed.append(record)
-        return parsed
 
 
 @pytest.fixture(autouse=True)

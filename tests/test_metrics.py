@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from elevenlabs_agent import housekeeping, metrics
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, StackFactory, eventually
+from tests.helpers import promtool, value
 
 
-def promtool(repo_root: Path) -> str:
-    found = shutil.which("promtool") or str(repo_root / ".tools/bin/promtool")
-    assert Path(found).exists(), "promtool missing: scripts/bootstrap --test installs it"
-    return found
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def test_exposition_passes_promtool_after_real_traffic(stack: Stack, repo_root: Path) -> None:
+async def test_exposition_passes_promtool_after_real_traffic(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation()
     reply = (await stack.call_tool({"conversation_id": eleven_id, "prompt": "x"})).json()
     await stack.elevenlabs.wait_update(eleven_id)
@@ -42,7 +22,7 @@ async def test_exposition_passes_promtool_after_real_traffic(stack: Stack, repo_
     response = await stack.http.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     check = await asyncio.create_subprocess_exec(
-        promtool(repo_root),
+        promtool(),
         "check",
         "metrics",
         stdin=asyncio.subprocess.PIPE,

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,13 @@ import websockets
 
 from elevenlabs_agent.redis.server import RedisServer, free_port
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, split_secret
-from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
-from tests.helpers import BROWSER_IDENTITY
+from elevenlabs_agent.sim.stack import as_env, neighbours
+from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.relay_browser import RelayBrowser
 from tests.serve_proc import ServeProcess, ServeProcesses
+
+pytestmark = pytest.mark.slow
 
 WEBHOOK_SECRET = "multi-webhook-secret-0123456789"
 RUNNER_SECRET = "multi-runner-secret-0123456789"
@@ -47,31 +48,18 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path) -> Iterator[ServeProcesses]:
-    processes = ServeProcesses(
-        tmp_path,
-        WEBHOOK_SECRET=WEBHOOK_SECRET,
-        CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-        LOG_LEVEL="warning",
-        DRAIN_SECONDS=str(DRAIN_SECONDS),
-        SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_TIMEOUT_SECONDS),
-        SSE_KEEPALIVE_SECONDS="1",
-    )
-    yield processes
-    processes.kill_all()
+SERVE_ENV = {
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CURSOR_RUNNER_SECRET": RUNNER_SECRET,
+    "LOG_LEVEL": "warning",
+    "DRAIN_SECONDS": str(DRAIN_SECONDS),
+    "SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN_TIMEOUT_SECONDS),
+    "SSE_KEEPALIVE_SECONDS": "1",
+}
 
 
 async def start_all(*services: ServeProcess) -> None:
     await asyncio.gather(*(s.start(path="/ready") for s in services))
-
-
-async def tool_call(client: httpx.AsyncClient, conversation_ref: str, prompt: str) -> httpx.Response:
-    return await client.post(
-        "/agent-tools",
-        json={"conversation_id": conversation_ref, "prompt": prompt},
-        headers={"X-Webhook-Secret": WEBHOOK_SECRET},
-    )
 
 
 async def deliveries(client: httpx.AsyncClient, channel: str, outcome: str) -> float:
@@ -89,11 +77,10 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
     """A task created through instance A; cursor-runner's callback reaches instance B (another node
     behind the same address): B stores it and pushes it to the session registered through A, and a
     browser whose SSE stream is open on A sees the result B produced."""
-    elevenlabs = FakeElevenLabs()
     runner = FakeCursorRunner(secret=RUNNER_SECRET, callback_kind="none")
-    async with LocalServer(elevenlabs.app()) as el_server, LocalServer(runner.app()) as runner_server:
-        elevenlabs.base_ws_url = el_server.ws_url
-        env = {"REDIS_URL": redis_server.url, "CURSOR_RUNNER_URL": runner_server.url}
+    async with neighbours(runner=runner) as around:
+        elevenlabs, el_server = around.elevenlabs, around.elevenlabs_server
+        env = {"REDIS_URL": redis_server.url, **as_env(around.fields())}
         a, b = serve_procs.new(**env), serve_procs.new(**env)
         await start_all(a, b)
 
@@ -119,7 +106,7 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
             browser = RelayBrowser(a.url, conversation_id, acknowledge=False, max_seconds=30).start()
             try:
                 await browser.connected()
-                started = await tool_call(on_a, eleven_id, "rename the module")
+                started = await tool_call(on_a, eleven_id, "rename the module", secret=WEBHOOK_SECRET)
                 assert started.status_code == 200 and started.json()["success"] is True, started.text
                 task_id = started.json()["taskId"]
                 sent = next(r for r in runner.received if r["id"] == task_id)
@@ -152,7 +139,22 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
                 # cursor-runner never retries, but a duplicate to A changes nothing and pushes nothing.
                 duplicate = await on_a.post(url.removeprefix(a.url), json=body, headers=headers)
                 assert duplicate.status_code == 200 and duplicate.json().get("duplicate") is True, duplicate.text
-                await asyncio.sleep(0.5)
+                # A later result through A (the barrier) arrives, and nothing for the duplicate before it.
+                later = await tool_call(on_a, eleven_id, "the barrier", secret=WEBHOOK_SECRET)
+                later_id = later.json()["taskId"]
+                later_sent = next(r for r in runner.received if r["id"] == later_id)
+                later_url, later_secret = split_secret(later_sent["callbackUrl"])
+                answer = await on_a.post(
+                    later_url.removeprefix(a.url),
+                    json=callback_body("completion", later_id, later_sent["prompt"]),
+                    headers={"X-Webhook-Secret": later_secret or "", "X-Cursor-Runner-Secret": later_secret or ""},
+                )
+                assert answer.status_code == 200, answer.text
+                async with asyncio.timeout(10):
+                    while later_id not in [
+                        u["context_id"] for u in elevenlabs.conversations[eleven_id].contextual_updates
+                    ]:
+                        await asyncio.sleep(0.02)
             finally:
                 await browser.stop()
 
@@ -171,7 +173,7 @@ async def test_callback_posted_to_the_other_instance_is_stored_and_delivered_and
         assert message["status"] == "completed" and message["role"] == "tool", message
         assert [u["context_id"] for u in updates] == [task_id]
         assert pushed_by == {"A": 0, "B": 1}, pushed_by
-        assert counts == Counter({task_id: 1}), counts
+        assert counts == Counter({task_id: 1, later_id: 1}), counts
         assert browser.received[task_id] >= 1
         await voice.close()
         for service in (a, b):
@@ -278,7 +280,7 @@ async def load_loop(load: Load, url: str, conversation_id: str, stop: asyncio.Ev
             load.sent += 1
             load.times.append(time.monotonic())
             try:
-                response = await tool_call(client, conversation_id, f"task {n}")
+                response = await tool_call(client, conversation_id, f"task {n}", secret=WEBHOOK_SECRET)
             except httpx.HTTPError as exc:
                 load.failures.append(f"{exc!r}")
                 continue

@@ -25,6 +25,8 @@ import websockets
 from elevenlabs_agent.redis.server import free_port
 from tests.conftest import StackFactory
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "nginx" / "elevenlabs-agent.conf"
 API = "/agent-conversations/api"

@@ -7,10 +7,8 @@ operator sees for the data that is really there.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,8 @@ import redis as redis_sync
 
 from elevenlabs_agent.ops.durations import format_duration, parse_duration
 from elevenlabs_agent.redis.server import RedisServer
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.stores import KEY_FAMILIES
+from tests.helpers import ok, ok_json, run_cli
 
 TASK_TTL = 86_400
 SESSION_TTL = 600
@@ -34,42 +32,6 @@ UNREACHABLE = "redis://127.0.0.1:1"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL", "REDIS_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
-
-
-def run_cli(
-    *args: str | Path,
-    redis_url: str | None = None,
-    cwd: Path | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    """`python -m elevenlabs_agent ARGS` with REDIS_URL set to `redis_url` (unset when None)."""
-    env = clean_env() if redis_url is None else clean_env(REDIS_URL=redis_url)
-    return subprocess.run(
-        [sys.executable, "-m", "elevenlabs_agent", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.stdout
-
-
-def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return orjson.loads(ok(result))
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 1) -> str:
@@ -414,6 +376,7 @@ def test_stats_table_shows_counts_stuck_tasks_and_waiting_results(url: str, stor
 # --- listings -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tasks_list_filters_by_status_and_age_oldest_first(url: str, store: redis_sync.Redis) -> None:
     seed_mixed(store)
 
@@ -465,6 +428,7 @@ def test_tasks_list_table_shows_the_matching_tasks(url: str, store: redis_sync.R
     assert "2d" in out  # the age of the oldest, human-readable
 
 
+@pytest.mark.slow
 def test_sessions_list_shows_live_sessions_with_ttl(url: str, store: redis_sync.Redis) -> None:
     seed_mixed(store)
     rows = ok_json(run_cli("sessions", "list", "--json", redis_url=url))
@@ -480,6 +444,7 @@ def test_sessions_list_shows_live_sessions_with_ttl(url: str, store: redis_sync.
     assert "conv-a" in table and "conv-b" in table and "sess-conv-a" in table
 
 
+@pytest.mark.slow
 def test_conversations_list_shows_persistent_conversations(url: str, store: redis_sync.Redis) -> None:
     seed_mixed(store)
     seed_conversation(store, "conv-c", age=timedelta(days=10))
@@ -519,6 +484,7 @@ def test_tasks_purge_is_a_dry_run_by_default(url: str, store: redis_sync.Redis, 
     assert not store.exists(LOCK_KEY)
 
 
+@pytest.mark.slow
 def test_tasks_purge_dry_run_with_a_backup_file_still_deletes_nothing(
     url: str, store: redis_sync.Redis, tmp_path: Path
 ) -> None:
@@ -575,6 +541,7 @@ def test_tasks_purge_with_yes_backs_up_then_deletes_only_the_matches(
     assert not store.exists(LOCK_KEY)
 
 
+@pytest.mark.slow
 def test_tasks_purge_again_is_harmless(url: str, store: redis_sync.Redis, tmp_path: Path) -> None:
     seed_mixed(store)
     args = ("tasks", "purge", "--older-than", "24h", "--status", "pending", "--yes", "--json")
@@ -692,6 +659,7 @@ def test_purge_with_a_backup_in_a_missing_directory_deletes_nothing(
 # --- restore --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_backup_purge_restore_gives_back_identical_keys_values_and_ttls(
     url: str, store: redis_sync.Redis, tmp_path: Path
 ) -> None:
@@ -784,6 +752,7 @@ def test_restore_handles_every_key_type(url: str, store: redis_sync.Redis, tmp_p
             assert record["ttl_ms"] - 5_000 < ttl <= record["ttl_ms"], (record["key"], ttl)
 
 
+@pytest.mark.slow
 def test_restore_leaves_existing_keys_alone_unless_forced(url: str, store: redis_sync.Redis, tmp_path: Path) -> None:
     seed_task(store, "t-1", age=timedelta(days=2))
     seed_task(store, "t-2", age=timedelta(days=2))
@@ -858,6 +827,7 @@ def test_restore_of_a_missing_file_is_a_usage_error(url: str, tmp_path: Path) ->
 # --- the purge lease ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_purge_refuses_while_another_holds_the_lock(url: str, store: redis_sync.Redis, tmp_path: Path) -> None:
     keys = seed_mixed(store)
     before = contents(snapshot(store, "cursor_task:*"))
@@ -909,6 +879,7 @@ def redis_commands(tmp_path: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 def test_unreachable_redis_is_one_error_line(tmp_path: Path) -> None:
     for args in redis_commands(tmp_path):
         result = run_cli(*args, "--redis-url", UNREACHABLE, timeout=30)
@@ -931,6 +902,7 @@ def test_a_stopped_redis_server_is_one_error_line(redis_server: RedisServer, sto
     assert "redis" in assert_one_error_line(result, code=1).lower()
 
 
+@pytest.mark.slow
 def test_no_redis_url_at_all_is_one_clear_line(tmp_path: Path) -> None:
     for args in redis_commands(tmp_path):
         result = run_cli(*args, redis_url=None, cwd=tmp_path, timeout=30)  # no local instance there
@@ -980,6 +952,7 @@ def command_calls(client: redis_sync.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
 
 
+@pytest.mark.slow
 def test_commands_scan_and_unlink_never_keys(url: str, store: redis_sync.Redis, tmp_path: Path) -> None:
     seed_mixed(store)
     store.config_resetstat()
@@ -1000,6 +973,7 @@ def test_commands_scan_and_unlink_never_keys(url: str, store: redis_sync.Redis, 
     assert calls.get("unlink", 0) >= 1
 
 
+@pytest.mark.slow
 def test_purging_20000_tasks_is_batched_and_never_slow(url: str, store: redis_sync.Redis, tmp_path: Path) -> None:
     total = 20_000
     with store.pipeline(transaction=False) as pipe:

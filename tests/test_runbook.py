@@ -42,12 +42,12 @@ from starlette.routing import Route
 from elevenlabs_agent import cli, events, metrics
 from elevenlabs_agent.http.routes import ROUTES
 from elevenlabs_agent.redis.server import RedisServer, free_port
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import as_env, neighbours, service_fields
 from elevenlabs_agent.stores import KEY_FAMILIES
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -282,14 +282,6 @@ def test_slugify_matches_github() -> None:
 # --- the live stack -------------------------------------------------------------------------------
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    """The current environment without any variable the service reads, plus `overrides`."""
-    names = {name.upper() for name in Settings.model_fields} | {"PUBLIC_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(overrides)
-    return env
-
-
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -348,31 +340,26 @@ async def live_stack(tmp_path: Path) -> AsyncIterator[LiveStack]:
     redis_server.start()
     try:
         async with contextlib.AsyncExitStack() as exits:
-            elevenlabs = FakeElevenLabs(api_key=API_KEY)
-            el_server = await exits.enter_async_context(LocalServer(elevenlabs.app()))
-            elevenlabs.base_ws_url = el_server.ws_url
-            runner = FakeCursorRunner(secret=RUNNER_SECRET)
-            runner_server = await exits.enter_async_context(LocalServer(runner.app()))
+            around = await exits.enter_async_context(
+                neighbours(FakeElevenLabs(api_key=API_KEY), FakeCursorRunner(secret=RUNNER_SECRET))
+            )
+            runner, elevenlabs, el_server = around.runner, around.elevenlabs, around.elevenlabs_server
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             log_file = tmp_path / "elevenlabs-agent.log"
-            env = clean_env(
-                PORT=str(port),
-                HOST="127.0.0.1",
-                ELEVENLABS_AGENT_ENABLED="true",
-                WEBHOOK_SECRET=WEBHOOK_SECRET,
-                REDIS_URL=redis_server.url,
-                CURSOR_RUNNER_URL=runner_server.url,
-                CURSOR_RUNNER_SECRET=RUNNER_SECRET,
-                ELEVENLABS_API_KEY=API_KEY,
-                ELEVENLABS_AGENT_ID=AGENT_ID,
-                ELEVENLABS_API_URL=el_server.url,
-                SESSION_URL_HOSTS="127.0.0.1",
-                ELEVENLABS_AGENT_URL=url,
-                HOUSEKEEPING_INTERVAL_SECONDS="1",
-                LOG_LEVEL="info",
-                CALLBACK_SPOOL_DIR=str(tmp_path / "spool"),
+            fields = service_fields(
+                url,
+                around,
+                port=port,
+                host="127.0.0.1",
+                webhook_secret=WEBHOOK_SECRET,
+                redis_url=redis_server.url,
+                elevenlabs_agent_id=AGENT_ID,
+                housekeeping_interval_seconds=1,
+                log_level="info",
+                callback_spool_dir=str(tmp_path / "spool"),
             )
+            env = clean_env(**as_env(fields))
             process = spawn_serve(env, log_file)
             exits.push_async_callback(stop_serve, process)
             redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -807,6 +794,7 @@ class Checks:
         assert "elevenlabs_agent_results_waiting 1.0" in output
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_runbook_procedures_work_against_a_live_stack(tmp_path: Path, runbook: Markdown) -> None:
     blocks = runbook.test_blocks()

@@ -120,8 +120,11 @@ async def test_frames_outside_the_contract_are_listed(standin: tuple[FakeElevenL
             INITIATION,
         ):
             await ws.send(orjson.dumps(frame).decode())
-    await asyncio.sleep(0.1)
     [conversation] = fake.conversations.values()
+    # The stand-in records one error per frame; the last one sent (a second initiation) is the barrier.
+    async with asyncio.timeout(5):
+        while not conversation.protocol_errors or not conversation.protocol_errors[-1].startswith("a second"):
+            await asyncio.sleep(0.005)
     assert [e.split(":")[0] for e in conversation.protocol_errors] == [
         "unknown frame type",
         "contextual_update without text",

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import io
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,9 +27,8 @@ from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner, callback_body, 
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.spool import SpooledCallback, read_lines, segments, slot_dirs
 from tests.conftest import Stack, StackFactory
-from tests.helpers import BROWSER_IDENTITY
-from tests.serve_proc import ServeProcesses, clean_env
-from tests.test_cluster import nodes_holding
+from tests.helpers import BROWSER_IDENTITY, nodes_holding, run_cli_async
+from tests.serve_proc import ServeProcesses
 
 WEBHOOK_SECRET = "spool-webhook-secret-0123456789"
 RUNNER_SECRET = "spool-runner-secret-0123456789"
@@ -139,7 +137,7 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
 
     assert await poll(all_delivered, 20), "spooled results not delivered after Redis returned"
     print(f"\nRedis return -> last delivery: {time.monotonic() - returned_at:.2f} s (6 results, ping every 0.5 s)")
-    await asyncio.sleep(0.5)
+    await stack.deliveries_settled()
     conversation = stack.elevenlabs.conversations.get(eleven_id)
     assert conversation is not None
     delivered = [u["context_id"] for u in conversation.contextual_updates]
@@ -289,6 +287,7 @@ async def spool_in_a_process(
     return service, tasks
 
 
+@pytest.mark.slow
 async def test_service_sigkilled_with_spooled_callbacks_and_redis_down_a_new_process_brings_every_result_in(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:
@@ -365,6 +364,7 @@ def spool_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
     cluster.stop()
 
 
+@pytest.mark.slow
 async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
     make_stack: StackFactory, spool_cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
@@ -420,7 +420,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
             return set(got) >= {t for t, _, _ in tasks}
 
         assert await poll(all_delivered, 30), "results of the down master not delivered after it returned"
-        await asyncio.sleep(0.5)
+        await stack.deliveries_settled()
         conversation = stack.elevenlabs.conversations.get(eleven_id)
         assert conversation is not None
         delivered = [u["context_id"] for u in conversation.contextual_updates]
@@ -435,21 +435,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
 # --- the operator's CLI: spool status and spool replay ----------------------------------------------
 
 
-async def cli(*args: str | Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "elevenlabs_agent",
-        *map(str, args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
+@pytest.mark.slow
 async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:
@@ -459,7 +445,7 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
         async with LocalServer(runner.app()) as runner_server:
             service, tasks = await spool_in_a_process(procs, runner, runner_server.url, own_redis, "conv-spool-cli", 5)
             spool_dir = tmp_path / f"spool-{service.port}"
-            code, out, err = await cli("spool", "status", "--dir", spool_dir, "--json")
+            code, out, err = await run_cli_async("spool", "status", "--dir", spool_dir, "--json")
             assert code == 0, err
             status = orjson.loads(out)
             assert status["records"] == 5 and status["slots"][0]["heldByLiveProcess"] is True, status
@@ -468,7 +454,7 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
             service.signal(signal.SIGSTOP)  # it cannot replay, but it still holds its slot
             await asyncio.to_thread(own_redis.start)
             try:
-                code, out, err = await cli(
+                code, out, err = await run_cli_async(
                     "spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url, "--json"
                 )
                 assert code == 0, err
@@ -477,28 +463,31 @@ async def test_cli_spool_status_and_replay_drain_what_a_dead_process_left(
             finally:
                 service.kill()  # SIGKILL: the slot is free now
 
-            code, out, err = await cli("spool", "status", "--dir", spool_dir)
+            code, out, err = await run_cli_async("spool", "status", "--dir", spool_dir)
             assert code == 0 and "5 callback(s) waiting" in out, (out, err)
             # A task key that Redis cannot treat as a task (an error waiting does not cure): that
             # record is discarded, the others are not held up by it.
             broken, good = tasks[2], tasks[:2] + tasks[3:]
             await direct.delete(f"cursor_task:{broken}")
             await direct.set(f"cursor_task:{broken}", "not a hash")
-            code, out, err = await cli("spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url)
+            code, out, err = await run_cli_async("spool", "replay", "--dir", spool_dir, "--redis-url", own_redis.url)
             assert code == 0 and "replayed: 4 accepted, 1 redis_error" in out, (out, err)
             assert '"event": "spool.replayed"' in err  # log lines on stderr, the report on stdout
             assert '"reason": "redis_error"' in err
             for task_id in good:
                 assert await direct.hget(f"cursor_task:{task_id}", "recordedAt"), task_id
             assert sorted(await direct.hkeys("elevenlabs:pending:{conv-spool-cli}")) == sorted(good)
-            code, out, err = await cli("spool", "status", "--dir", spool_dir, "--json")
+            code, out, err = await run_cli_async("spool", "status", "--dir", spool_dir, "--json")
             assert code == 0 and orjson.loads(out)["records"] == 0, out
-            code, out, err = await cli("spool", "replay", "--dir", spool_dir, "--redis-url", "redis://127.0.0.1:1")
+            code, out, err = await run_cli_async(
+                "spool", "replay", "--dir", spool_dir, "--redis-url", "redis://127.0.0.1:1"
+            )
             assert code == 0 and "nothing to replay" in out, (out, err)
     finally:
         procs.kill_all()
 
 
+@pytest.mark.slow
 async def test_workers_each_journal_to_their_own_slot_and_replay_it(
     tmp_path: Path, own_redis: RedisServer, direct: aioredis.Redis
 ) -> None:

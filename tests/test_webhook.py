@@ -15,6 +15,7 @@ import pytest
 
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import Stack, StackFactory
+from tests.helpers import assert_json_error
 
 TASK_TTL = 86_400
 
@@ -32,15 +33,6 @@ def assert_speakable(reply: dict[str, Any]) -> str:
     assert isinstance(message, str) and len(message.strip()) > 10, reply
     assert "{" not in message and "Traceback" not in message, message
     return message
-
-
-def assert_json_error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 async def dump_redis(stack: Stack) -> str:
@@ -99,14 +91,6 @@ async def post_callback(stack: Stack, sent: dict[str, Any], kind: str = "complet
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def start_task(stack: Stack, eleven_id: str, prompt: str = "Fix the login bug") -> str:
-    response = await stack.call_tool({"tool_name": "code_task", "conversation_id": eleven_id, "prompt": prompt})
-    assert response.status_code == 200, response.text
-    assert response.json()["success"] is True, response.text
-    task_id: str = response.json()["taskId"]
-    return task_id
 
 
 # --- body shapes ---------------------------------------------------------------------------------
@@ -283,6 +267,7 @@ async def test_insecure_dev_switch_does_not_bypass_a_configured_secret(make_stac
 # --- cursor-runner down, slow, failing -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["down", "slow", "unauthorized", "error500", "error503"])
 async def test_dispatch_failure_answers_fast_and_marks_task_failed(make_stack: StackFactory, mode: str) -> None:
     overrides: dict[str, Any] = {}
@@ -382,7 +367,7 @@ async def test_unparsable_body_is_json_error(stack: Stack, content: bytes, conte
 async def test_status_by_task_id_pending_then_completed(stack: Stack) -> None:
     stack.runner.callback_kind = "none"
     _, eleven_id, voice = await stack.live_conversation()
-    task_id = await start_task(stack, eleven_id, "Make the parser faster")
+    task_id = await stack.start_task(eleven_id, "Make the parser faster")
 
     response = await stack.call_tool({"tool_name": "get_task_status", "task_id": task_id})
     assert response.status_code == 200, response.text
@@ -429,8 +414,8 @@ async def test_status_of_unknown_task(stack: Stack) -> None:
 async def test_status_by_conversation_lists_latest_tasks(stack: Stack) -> None:
     stack.runner.callback_kind = "none"
     _, eleven_id, voice = await stack.live_conversation()
-    first = await start_task(stack, eleven_id, "First task")
-    second = await start_task(stack, eleven_id, "Second task")
+    first = await stack.start_task(eleven_id, "First task")
+    second = await stack.start_task(eleven_id, "Second task")
     await post_callback(stack, stack.runner.received[0])  # the first one finished
 
     response = await stack.call_tool({"tool_name": "get_task_status", "conversation_id": eleven_id})

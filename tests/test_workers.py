@@ -16,9 +16,10 @@ import pytest
 
 from elevenlabs_agent import events
 from elevenlabs_agent.redis.server import RedisServer
-from tests.helpers import BROWSER_IDENTITY
+from tests.helpers import BROWSER_IDENTITY, promtool, value
 from tests.serve_proc import ServeProcess, ServeProcesses
-from tests.test_metrics import promtool, value
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def start_all(service: ServeProcess) -> None:
     wait_for(started, timeout=40)
 
 
-def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses, repo_root: Path) -> None:
+def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses) -> None:
     service = processes.new()
     start_all(service)
     assert len(workers_of(service)) == 2
@@ -83,7 +84,7 @@ def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses, re
             assert client.get("/config").status_code == 200
         text = client.get("/metrics").text
     assert value(text, "elevenlabs_agent_http_requests_total", route="/config", method="GET", status="200") == 60
-    check = subprocess.run([promtool(repo_root), "check", "metrics"], input=text.encode(), capture_output=True)
+    check = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 

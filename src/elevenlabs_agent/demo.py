@@ -21,12 +21,10 @@ import orjson
 import websockets
 
 from elevenlabs_agent import logging as agent_logging
-from elevenlabs_agent.http.app import create_app
 from elevenlabs_agent.redis.server import RedisServer
-from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.elevenlabs import FakeElevenLabs
-from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.sim.stack import Neighbours, service_stack
 
 AGENT_ID = "agent_demo"
 
@@ -54,56 +52,31 @@ async def run_demo(timeout: float, echo: Callable[[str], Any] = print) -> bool:
 
 async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], None]) -> bool:
     webhook_secret, runner_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    elevenlabs = FakeElevenLabs()
     runner = FakeCursorRunner(secret=runner_secret, callback_delay=0.5)
     async with contextlib.AsyncExitStack() as stack:
-        el_server = await stack.enter_async_context(LocalServer(elevenlabs.app()))
-        elevenlabs.base_ws_url = el_server.ws_url
-        runner_server = await stack.enter_async_context(LocalServer(runner.app()))
-        step(f"simulated ElevenLabs on {el_server.url}, simulated cursor-runner on {runner_server.url}")
-
-        service = LocalServer()  # bound first: the service's settings need its own URL
-        settings = Settings(
-            elevenlabs_agent_enabled=True,
-            redis_url=redis_url,
-            webhook_secret=webhook_secret,
-            elevenlabs_api_key=elevenlabs.api_key,
-            elevenlabs_agent_id=AGENT_ID,
-            elevenlabs_api_url=el_server.url,
-            cursor_runner_url=runner_server.url,
-            cursor_runner_secret=runner_secret,
-            session_url_hosts=("127.0.0.1",),
-            elevenlabs_agent_url=service.url,
-            callback_spool_dir=str(spool_dir),  # in the demo's temporary directory, not the working one
+        wired = await stack.enter_async_context(
+            # log_level: the timeline is the demo's output; the service speaks only when something is wrong.
+            # The spool goes into the demo's temporary directory, not the working one.
+            service_stack(
+                FakeElevenLabs(),
+                runner,
+                redis_url=redis_url,
+                webhook_secret=webhook_secret,
+                elevenlabs_agent_id=AGENT_ID,
+                callback_spool_dir=str(spool_dir),
+                log_level="warning",
+            )
         )
-        service.app = create_app(settings, redis_url)
-        await stack.enter_async_context(service)
-        step(f"elevenlabs-agent listening on {service.url}")
+        around = wired.around
+        el_url, runner_url = around.elevenlabs_server.url, around.runner_server.url
+        step(f"simulated ElevenLabs on {el_url}, simulated cursor-runner on {runner_url}")
+        step(f"elevenlabs-agent listening on {wired.service.url}")
         # The browser's requests come through an authenticating proxy on this machine (BROWSER_AUTH=proxy).
-        identity = {settings.browser_auth_header: "demo-user"}
-        http = await stack.enter_async_context(httpx.AsyncClient(base_url=service.url, timeout=10, headers=identity))
-
-        # The browser: create our conversation, open the ElevenLabs session, register it.
-        conversation_id = (await http.post("/agent-conversations/api/new", json={"agentId": AGENT_ID})).json()[
-            "conversationId"
-        ]
-        step(f"browser created conversation {conversation_id}")
-        signed = (await http.get("/signed-url", params={"agentId": AGENT_ID})).json()
-        step(f"browser got a signed URL (expires {signed['expiresAt']})")
-        voice = await stack.enter_async_context(websockets.connect(signed["signedUrl"]))
-        hello = orjson.loads(await voice.recv())
-        eleven_id = hello["conversation_initiation_metadata_event"]["conversation_id"]
-        step(f"browser opened ElevenLabs conversation {eleven_id}")
-        registration = await http.post(
-            f"/agent-conversations/api/{conversation_id}/session",
-            json={
-                "sessionUrl": signed["signedUrl"],
-                "pushUrl": f"{el_server.ws_url}/push/{eleven_id}",
-                "transport": "websocket",
-                "metadata": {"agentId": AGENT_ID, "elevenConversationId": eleven_id},
-            },
+        identity = {wired.settings.browser_auth_header: "demo-user"}
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=wired.service.url, timeout=10, headers=identity)
         )
-        step(f"browser registered its session: {registration.json()['message']}")
+        conversation_id, eleven_id = await _browser(http, around, stack, step)
 
         # The agent: call the code tool the way ElevenLabs does.
         answer = await http.post(
@@ -124,7 +97,7 @@ async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], Non
         await runner.wait_callbacks(1, timeout=30)
         status, body = runner.callbacks[0]
         step(f"cursor-runner POSTed its callback for task {task_id}: HTTP {status} {body}")
-        updates = await elevenlabs.wait_update(eleven_id, timeout=30)
+        updates = await around.elevenlabs.wait_update(eleven_id, timeout=30)
         step(f"ElevenLabs conversation received contextual_update: {updates[0]}")
         conversation = (await http.get(f"/agent-conversations/api/{conversation_id}")).json()
         tool_message = conversation["messages"][-1]
@@ -132,3 +105,31 @@ async def _round_trip(redis_url: str, spool_dir: Path, step: Callable[[str], Non
         ok = bool(updates[0].get("context_id") == task_id and tool_message["status"] == "completed")
         step("SUCCESS: the result reached the live conversation" if ok else "FAILED: unexpected result")
         return ok
+
+
+async def _browser(
+    http: httpx.AsyncClient, around: Neighbours, stack: contextlib.AsyncExitStack, step: Callable[[str], None]
+) -> tuple[str, str]:
+    """What the browser does: create our conversation, open the ElevenLabs session, register it.
+    Returns (our conversation id, ElevenLabs' conversation id); the voice socket stays open in `stack`."""
+    conversation_id = (await http.post("/agent-conversations/api/new", json={"agentId": AGENT_ID})).json()[
+        "conversationId"
+    ]
+    step(f"browser created conversation {conversation_id}")
+    signed = (await http.get("/signed-url", params={"agentId": AGENT_ID})).json()
+    step(f"browser got a signed URL (expires {signed['expiresAt']})")
+    voice = await stack.enter_async_context(websockets.connect(signed["signedUrl"]))
+    hello = orjson.loads(await voice.recv())
+    eleven_id = hello["conversation_initiation_metadata_event"]["conversation_id"]
+    step(f"browser opened ElevenLabs conversation {eleven_id}")
+    registration = await http.post(
+        f"/agent-conversations/api/{conversation_id}/session",
+        json={
+            "sessionUrl": signed["signedUrl"],
+            "pushUrl": f"{around.elevenlabs_server.ws_url}/push/{eleven_id}",
+            "transport": "websocket",
+            "metadata": {"agentId": AGENT_ID, "elevenConversationId": eleven_id},
+        },
+    )
+    step(f"browser registered its session: {registration.json()['message']}")
+    return conversation_id, eleven_id
