@@ -133,6 +133,20 @@ async def run_cli_async(*args: str | Path, timeout: float = 60.0) -> tuple[int, 
     return process.returncode, out.decode(), err.decode()
 
 
+def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 1) -> str:
+    """Non-zero exit (exactly `code` unless None), no traceback, stderr is one line "Error: ..."."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    if code is not None:
+        assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:"), lines[0]
+    assert len(lines[0]) > len("Error: ") + 10, lines[0]
+    return lines[0]
+
+
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     """The standard output of a command that succeeded without a trace."""
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"

@@ -8,7 +8,6 @@ operator sees for the data that is really there.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ import redis as redis_sync
 from elevenlabs_agent.ops.durations import format_duration, parse_duration
 from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.stores import KEY_FAMILIES
-from tests.helpers import ok, ok_json, run_cli
+from tests.helpers import assert_one_error_line, ok, ok_json, run_cli
 
 TASK_TTL = 86_400
 SESSION_TTL = 600
@@ -32,20 +31,6 @@ UNREACHABLE = "redis://127.0.0.1:1"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 1) -> str:
-    """Non-zero exit (exactly `code` unless None), no traceback, stderr is one line "Error: ..."."""
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    if code is not None:
-        assert result.returncode == code, output
-    assert "Traceback" not in output, output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error:"), lines[0]
-    assert len(lines[0]) > len("Error: ") + 10, lines[0]
-    return lines[0]
 
 
 def iso(moment: datetime) -> str:

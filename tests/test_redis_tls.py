@@ -22,8 +22,8 @@ from elevenlabs_agent.redis.server import RedisClusterServers, RedisServer, Serv
 from elevenlabs_agent.redis.urls import parse_redis_url
 from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import StackFactory
+from tests.helpers import assert_one_error_line, ok, ok_json, run_cli
 from tests.serve_proc import ServeProcesses
-from tests.test_ops_cli import assert_one_error_line, ok, ok_json, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the certificates")
 
