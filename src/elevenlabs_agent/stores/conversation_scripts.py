@@ -26,7 +26,7 @@ end
     )
 
 
-def create(channel: str) -> str:
+def create_script(channel: str) -> str:
     """KEYS: conversation[, createdAt index, lastAccessedAt index, messageCount index];
     ARGV: now, conversationId, agentId, metadata json, now (ms), update payload.
     Returns 1 if created, 0 if it existed. A record with this very createdAt (ms), agentId and metadata
@@ -48,7 +48,7 @@ return 1
     )
 
 
-def upsert_message(channel: str) -> str:
+def upsert_message_script(channel: str) -> str:
     """KEYS: conversation[, the three indexes]; ARGV: now, conversationId, message json, taskId or '',
     max messages (0 = no cap), create-if-missing ('1'/'0'), now (ms), update payload, append id or ''.
     Returns the msg field written, '' when the conversation is full, or false when it does not exist

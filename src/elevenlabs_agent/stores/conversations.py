@@ -35,8 +35,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from elevenlabs_agent.redis.clients import is_cluster
-from elevenlabs_agent.stores import conversation_scripts
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
+from elevenlabs_agent.stores.conversation_scripts import create_script, upsert_message_script
 from elevenlabs_agent.stores.keyspace import zscan_members
 from elevenlabs_agent.timeutil import parse_iso
 
@@ -56,8 +56,8 @@ DEFAULT_MAX_MESSAGES = 10_000
 SORT_INDEXES = {"createdAt": INDEX_KEY, "lastAccessedAt": ACCESSED_INDEX_KEY, "messageCount": COUNT_INDEX_KEY}
 INDEX_KEYS = (INDEX_KEY, ACCESSED_INDEX_KEY, COUNT_INDEX_KEY)
 
-_CREATE = conversation_scripts.create(UPDATES_CHANNEL)
-_UPSERT_MESSAGE = conversation_scripts.upsert_message(UPDATES_CHANNEL)
+_CREATE = create_script(UPDATES_CHANNEL)
+_UPSERT_MESSAGE = upsert_message_script(UPDATES_CHANNEL)
 
 
 # Module-level aliases: inside ConversationStore, `list` names its method.
