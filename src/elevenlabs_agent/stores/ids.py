@@ -1,14 +1,10 @@
-"""Validation of ids that become parts of Redis key names.
-
-Ids come from outside (ElevenLabs, the browser, cursor-runner). A `*`, `?`, `[`, `:`, `{`, space or
-newline in a key name would break SCAN patterns, hash tags or an operator's `redis-cli` line, so only
-a conservative charset is accepted.
-"""
+"""Validation of ids that become parts of Redis key names (the rule itself: limits.py)."""
 
 import re
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from elevenlabs_agent.limits import ID_PATTERN as _ID_PATTERN
+from elevenlabs_agent.limits import is_valid_id
 
+ID_PATTERN = re.compile(_ID_PATTERN)
 
-def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+__all__ = ["ID_PATTERN", "is_valid_id"]
