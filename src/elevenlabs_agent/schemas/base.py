@@ -1,15 +1,16 @@
 """Decoding request bodies into models, and the one place that words their errors.
 
 msgspec validates types and constraints (patterns, lengths, enums); its error text ("Expected `str`,
-got `int` - at `$.role`") is mapped here to the service's own sentences, which clients and tests rely
-on. A model words its fields in `ERRORS`: one sentence for any error of a field, or a pair (wrong
-type, broken constraint). A check msgspec cannot express is made in the model's `__post_init__`,
-whose ValueError text is used as it is.
+got `int` - at `$.role`") is replaced here by the service's own sentences, which clients and tests
+rely on. A model words its fields in `ERRORS`: one sentence for any error of a field, or a pair
+(wrong type, broken constraint). A check msgspec cannot express is made in the model's
+`__post_init__`, whose ValueError text is used as it is.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
@@ -30,8 +31,12 @@ OptionalId = (
     | None
 )
 
-_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<path>[^`]+)`")
+_PATH = re.compile(r" - at `\$[^`]*`$")
+
+
+# A check of one well-typed field that needs more than the model knows (the service's URL policy):
+# the error sentence, or None.
+FieldCheck = Callable[[str, Any], "str | None"]
 
 
 class Model(msgspec.Struct):
@@ -40,34 +45,51 @@ class Model(msgspec.Struct):
     ERRORS: ClassVar[dict[str, str | tuple[str, str]]] = {}
     NOT_OBJECT: ClassVar[str] = limits.NOT_AN_OBJECT
 
+    @classmethod
+    def field_error(cls, name: str, value: Any) -> str | None:
+        """A rule on one field beyond its type (its `__post_init__` enforces it too)."""
+        return None
+
 
 M = TypeVar("M", bound=Model)
 
 
-def decode(model: type[M], body: Any) -> M:
-    """`body` (parsed JSON) as a `model`, or InvalidInput with the service's wording."""
+def decode(model: type[M], body: Any, check: FieldCheck | None = None) -> M:
+    """`body` (parsed JSON) as a `model`, or InvalidInput with the service's wording. `check` is not
+    run on a valid body (the caller runs it): it only takes part in choosing which error to report."""
     if not isinstance(body, dict):
         raise InvalidInput(model.NOT_OBJECT)
     try:
         return msgspec.convert(body, model)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(error_message(model, str(exc))) from None
+        raise InvalidInput(error_message(model, body, str(exc), check)) from None
 
 
-def error_message(model: type[Model], text: str) -> str:
-    """msgspec's error text as the sentence the service answers with."""
-    if missing := _MISSING.match(text):
-        return _worded(model, missing["path"], type_error=True)
-    located = _PATH.search(text)
-    path = located["path"] if located else ""
-    reason = text[: located.start()] if located else text
-    if not path:  # raised by __post_init__: already worded
-        return reason
-    return _worded(model, path, type_error=reason.startswith("Expected `") and "`, got `" in reason)
+def error_message(model: type[Model], body: dict[str, Any], text: str, check: FieldCheck | None = None) -> str:
+    """The sentence for the first field, in the model's order, that is wrong (msgspec reports the
+    first in the body's order, and missing fields last); `text` when every field is right on its own
+    (an error of `__post_init__` across fields, already worded)."""
+    for field in msgspec.structs.fields(model):
+        if field.encode_name not in body:
+            if field.required:
+                return _worded(model, field.name, type_error=True)
+            continue
+        value = body[field.encode_name]
+        try:
+            msgspec.convert(value, field.type)
+        except msgspec.ValidationError as exc:
+            return _worded(model, field.name, type_error=_is_type_error(str(exc)))
+        if error := model.field_error(field.name, value) or (check and check(field.name, value)):
+            return error
+    return _PATH.sub("", text)
 
 
-def _worded(model: type[Model], path: str, *, type_error: bool) -> str:
-    wording = model.ERRORS.get(path) or model.ERRORS.get(re.split(r"[.\[]", path)[0]) or f"{path} is invalid"
+def _is_type_error(text: str) -> bool:
+    return text.startswith("Expected `") and "`, got `" in text
+
+
+def _worded(model: type[Model], name: str, *, type_error: bool) -> str:
+    wording = model.ERRORS.get(name, f"{name} is invalid")
     if isinstance(wording, tuple):
         return wording[0] if type_error else wording[1]
     return wording

@@ -68,9 +68,15 @@ class NewConversation(Model):
         "metadata": "metadata must be an object",
     }
 
+    @classmethod
+    def field_error(cls, name: str, value: Any) -> str | None:
+        if name == "conversationId" and value in RESERVED_CONVERSATION_IDS:
+            return f"conversationId {value!r} is reserved"
+        return None
+
     def __post_init__(self) -> None:
-        if self.conversationId in RESERVED_CONVERSATION_IDS:
-            raise ValueError(f"conversationId {self.conversationId!r} is reserved")
+        if (error := self.field_error("conversationId", self.conversationId)) is not None:
+            raise ValueError(error)
         _check_metadata(self.metadata)
 
 
@@ -135,10 +141,10 @@ class SessionRegistration(Model):
         ]
         | None
     ) = None
+    transport: Transport | None = None
     sessionId: ShortText = None
     agentSessionId: ShortText = None
     expiresAt: str | int | float | None = None
-    transport: Transport | None = None
     metadata: (
         Annotated[
             dict[str, Any],

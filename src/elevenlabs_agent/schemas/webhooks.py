@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+import msgspec
 import orjson
 from msgspec import UNSET, Meta, UnsetType
 
@@ -33,6 +33,7 @@ class ToolCallBody(Model):
     `get_task_status` takes `task_id` (or `taskId`, `requestId`). A code tool needs
     `conversation_id` (map it from `system__conversation_id`); without one it is a 400."""
 
+    tool_args: Annotated[dict[str, Any], Meta(description="The tool's arguments (original shape).")] | UnsetType = UNSET
     tool_name: (
         Annotated[
             str,
@@ -44,7 +45,6 @@ class ToolCallBody(Model):
         ]
         | None
     ) = None
-    tool_args: Annotated[dict[str, Any], Meta(description="The tool's arguments (original shape).")] | UnsetType = UNSET
     conversation_id: OptionalId = None
     session_id: OptionalId = None
     agent_id: OptionalId = None
@@ -60,8 +60,7 @@ class ToolCallBody(Model):
     }
 
 
-@dataclass(frozen=True)
-class ToolCall:
+class ToolCall(msgspec.Struct, frozen=True):
     """A webhook body normalised from either accepted shape (SPEC §4)."""
 
     tool_name: str

@@ -98,14 +98,22 @@ class ConversationService:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return message
 
+    def _url_error(self, name: str, value: Any) -> str | None:
+        """The SSRF guard on a registered URL (url_policy.py)."""
+        why = (
+            check_url(value, self.allowed_hosts)
+            if name in ("sessionUrl", "pushUrl") and isinstance(value, str)
+            else None
+        )
+        return None if why is None else f"{name} rejected: {why}"
+
     async def register_session(self, conversation_id: str, body: Any) -> Registration:
         require_id(conversation_id)
-        registration = decode(SessionRegistration, body)
+        registration = decode(SessionRegistration, body, self._url_error)
         session_url, push_url = registration.sessionUrl, registration.pushUrl
-        if (why := check_url(session_url, self.allowed_hosts)) is not None:
-            raise InvalidInput(f"sessionUrl rejected: {why}")
-        if push_url is not None and (why := check_url(push_url, self.allowed_hosts)) is not None:
-            raise InvalidInput(f"pushUrl rejected: {why}")
+        for name, url in (("sessionUrl", session_url), ("pushUrl", push_url)):
+            if (error := self._url_error(name, url)) is not None:
+                raise InvalidInput(error)
         transport, expires_at = registration.transport, registration.expiresAt
         session_id = registration.sessionId or str(uuid.uuid4())
         agent_session_id = registration.agentSessionId
