@@ -26,9 +26,10 @@ from elevenlabs_agent.schemas.conversations import (
     NewMessage,
     SessionRegistration,
 )
-from elevenlabs_agent.schemas.responses import RESPONSES
+from elevenlabs_agent.schemas.responses import NESTED, RESPONSES
 from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCallBody
 
+_REF = "#/components/schemas/"
 REQUESTS = (ToolCallBody, CallbackBody, NewConversation, NewMessage, SessionRegistration, EventsAck, BrowserSignIn)
 
 ERROR_RESPONSES = {
@@ -75,9 +76,9 @@ SECURITY_SCHEMES: dict[str, Schema] = {
 
 def schemas() -> dict[str, Schema]:
     """The body schemas, generated from the models, and the id schemas the paths' parameters use."""
-    _, generated = msgspec.json.schema_components((*REQUESTS, *RESPONSES), ref_template="#/components/schemas/{name}")
+    _, generated = msgspec.json.schema_components((*REQUESTS, *RESPONSES), ref_template=_REF + "{name}")
     return {
-        **generated,
+        **_inline(generated, {model.__name__ for model in NESTED}),
         "Id": {
             "type": "string",
             "minLength": 1,
@@ -91,6 +92,27 @@ def schemas() -> dict[str, Schema]:
             "allOf": [ref("Id"), {"not": {"enum": sorted(RESERVED_CONVERSATION_IDS)}}],
         },
     }
+
+
+def _inline(components: dict[str, Schema], names: set[str]) -> dict[str, Schema]:
+    """`components` with the references to `names` replaced by their schemas (and those dropped), and
+    the models' Python patterns (`\\A…\\Z`) in the form JSON Schema reads (`^…$`)."""
+    bodies = {name: {k: v for k, v in components[name].items() if k != "title"} for name in names}
+
+    def place(node: Any) -> Any:
+        if isinstance(node, list):
+            return [place(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        target = node.get("$ref", "").removeprefix(_REF)
+        if target in bodies:
+            node = {**bodies[target], **{k: v for k, v in node.items() if k != "$ref"}}
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("\\A") and pattern.endswith("\\Z"):
+            node = {**node, "pattern": f"^{pattern[2:-2]}$"}
+        return {k: place(v) for k, v in node.items()}
+
+    return {name: place(schema) for name, schema in components.items() if name not in names}
 
 
 def responses(max_body_bytes: int, max_callback_body_bytes: int) -> dict[str, Schema]:

@@ -18,17 +18,11 @@ import msgspec
 from elevenlabs_agent import limits
 from elevenlabs_agent.services.errors import InvalidInput
 
-Id = Annotated[str, msgspec.Meta(pattern=limits.ID_REGEX.pattern, extra_json_schema={"pattern": limits.ID_PATTERN})]
+# Patterns are Python's `\A…\Z` form (msgspec runs `re.search`); http/openapi.py writes them as `^…$`.
+Id = Annotated[str, msgspec.Meta(pattern=limits.ID_REGEX.pattern)]
 # An empty string means "absent" here (what ElevenLabs sends for an unmapped dynamic variable).
 OptionalId = (
-    Annotated[
-        str,
-        msgspec.Meta(
-            pattern=limits.OPTIONAL_ID_REGEX.pattern,
-            extra_json_schema={"pattern": f"^({limits.ID_CHARS})?$", "description": "Empty means absent."},
-        ),
-    ]
-    | None
+    Annotated[str, msgspec.Meta(pattern=limits.OPTIONAL_ID_REGEX.pattern, description="Empty means absent.")] | None
 )
 
 _PATH = re.compile(r" - at `\$[^`]*`$")

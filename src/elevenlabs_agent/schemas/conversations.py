@@ -51,7 +51,6 @@ class NewConversation(Model):
             Meta(
                 pattern=limits.ID_REGEX.pattern,
                 extra_json_schema={
-                    "pattern": limits.ID_PATTERN,
                     "not": {"enum": sorted(RESERVED_CONVERSATION_IDS)},
                     "description": "Absent or null: a new UUID. An existing id is a 409.",
                 },

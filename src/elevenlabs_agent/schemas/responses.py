@@ -15,9 +15,14 @@ NonNegative = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
 Service = Literal["elevenlabs-agent"]  # SERVICE_NAME
 Connection = Literal["connected", "disconnected"]
+RUNNER_STATES = ("connected", "unhealthy", "disconnected")
+# A string with an enum in the document, in this order (msgspec sorts a Literal's values).
 RunnerState = Annotated[
-    Literal["connected", "unhealthy", "disconnected"],
-    Meta(description="GET /health of cursor-runner: 2xx, another HTTP answer, no answer."),
+    str,
+    Meta(
+        description="GET /health of cursor-runner: 2xx, another HTTP answer, no answer.",
+        extra_json_schema={"enum": list(RUNNER_STATES)},
+    ),
 ]
 
 
@@ -253,6 +258,17 @@ class EventsAcknowledged(Struct):
     acknowledged: Annotated[list[str], Meta(max_length=limits.MAX_ACK_IDS)]
 
 
+# Parts of a response, written in place in the document (not as components of their own).
+NESTED: tuple[type[Struct], ...] = (
+    CallbackSpool,
+    Check,
+    PublicConfig,
+    Dependencies,
+    RedisCheck,
+    RunnerCheck,
+    DependencyChecks,
+    Pagination,
+)
 RESPONSES: tuple[type[Struct], ...] = (
     Error,
     Health,

@@ -21,7 +21,6 @@ _TOOL_NAME = re.compile(limits.TOOL_NAME_PATTERN)
 _ID_ERROR = limits.must_be_id
 # Empty means "not named here" (the path's tool name, else the default code tool).
 _BODY_TOOL_NAME = rf"\A{limits.TOOL_NAME_CHARS}{{0,{limits.TOOL_NAME_MAX_LENGTH}}}\Z"
-_BODY_TOOL_NAME_DOC = f"^{limits.TOOL_NAME_CHARS}{{0,{limits.TOOL_NAME_MAX_LENGTH}}}$"
 
 
 class ToolCallBody(Model):
@@ -39,7 +38,6 @@ class ToolCallBody(Model):
             str,
             Meta(
                 pattern=_BODY_TOOL_NAME,
-                extra_json_schema={"pattern": _BODY_TOOL_NAME_DOC},
                 description=f"Empty or absent: the path's tool name, else `{DEFAULT_CODE_TOOL}`.",
             ),
         ]
