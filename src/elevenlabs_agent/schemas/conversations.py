@@ -50,10 +50,8 @@ class NewConversation(Model):
             str,
             Meta(
                 pattern=limits.ID_REGEX.pattern,
-                extra_json_schema={
-                    "not": {"enum": sorted(RESERVED_CONVERSATION_IDS)},
-                    "description": "Absent or null: a new UUID. An existing id is a 409.",
-                },
+                description="Absent or null: a new UUID. An existing id is a 409.",
+                extra_json_schema={"not": {"enum": sorted(RESERVED_CONVERSATION_IDS)}},
             ),
         ]
         | None

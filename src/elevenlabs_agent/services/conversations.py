@@ -25,9 +25,10 @@ from elevenlabs_agent.stores.conversations import SORT_INDEXES, Conversation, Co
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.timeutil import now_iso
-
-__all__ = ["RESERVED_CONVERSATION_IDS", "ConversationService", "Registration", "parse_message", "require_id"]
 from elevenlabs_agent.url_policy import check_url
+
+# The parsers live with the models (schemas/); these names stay importable from here.
+__all__ = ["RESERVED_CONVERSATION_IDS", "ConversationService", "Registration", "parse_message", "require_id"]
 
 SORT_ORDERS = ("asc", "desc")
 SORT_BY = tuple(SORT_INDEXES)
