@@ -236,7 +236,12 @@ _PATHS: dict[str, Schema] = {
                 {
                     "name": "limit",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": limits.MAX_PAGE, "default": 20},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": limits.MAX_PAGE,
+                        "default": limits.DEFAULT_PAGE,
+                    },
                 },
                 {
                     "name": "offset",

@@ -203,7 +203,7 @@ def page(limit_text: str, offset_text: str) -> tuple[int, int]:
     return offset, limit
 
 
-def last_event_id(value: str | None) -> str | None:
+def valid_last_event_id(value: str | None) -> str | None:
     if value is not None and not limits.is_stream_id(value):
         raise InvalidInput("Last-Event-ID must be an event id this stream sent")
     return value

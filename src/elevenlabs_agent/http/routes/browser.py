@@ -16,10 +16,10 @@ from elevenlabs_agent.http.access import TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.http.routes.base import runtime_of
+from elevenlabs_agent.limits import DEFAULT_PAGE
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
-from elevenlabs_agent.schemas.conversations import BrowserSignIn, EventsAck, page, require_id
-from elevenlabs_agent.schemas.conversations import last_event_id as valid_last_event_id
+from elevenlabs_agent.schemas.conversations import BrowserSignIn, EventsAck, page, require_id, valid_last_event_id
 from elevenlabs_agent.services.errors import InvalidInput, Unauthorized
 
 log = get_logger()
@@ -56,7 +56,7 @@ async def login(request: Request) -> Response:
 
 
 async def list_conversations(request: Request) -> Response:
-    offset, limit = page(request.query_params.get("limit", "20"), request.query_params.get("offset", "0"))
+    offset, limit = page(request.query_params.get("limit", str(DEFAULT_PAGE)), request.query_params.get("offset", "0"))
     conversations, total = await runtime_of(request).conversations.list(
         offset, limit, request.query_params.get("sortBy"), request.query_params.get("sortOrder")
     )
