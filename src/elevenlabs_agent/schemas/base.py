@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import msgspec
 
 from elevenlabs_agent import limits
-from elevenlabs_agent.services.errors import InvalidInput
+from elevenlabs_agent.errors import InvalidInput
 
 # Patterns are Python's `\A…\Z` form (msgspec runs `re.search`); http/openapi.py writes them as `^…$`.
 Id = Annotated[str, msgspec.Meta(pattern=limits.ID_REGEX.pattern)]

@@ -10,8 +10,8 @@ import orjson
 from msgspec import Meta
 
 from elevenlabs_agent import limits
+from elevenlabs_agent.errors import InvalidInput
 from elevenlabs_agent.schemas.base import Id, Model, decode
-from elevenlabs_agent.services.errors import InvalidInput
 
 Role = Literal["assistant", "system", "tool", "user"]
 Source = Literal["system_event", "text", "tool_output", "voice"]

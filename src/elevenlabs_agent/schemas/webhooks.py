@@ -10,8 +10,8 @@ import orjson
 from msgspec import UNSET, Meta, UnsetType
 
 from elevenlabs_agent import limits
+from elevenlabs_agent.errors import InvalidInput
 from elevenlabs_agent.schemas.base import Id, Model, OptionalId, decode
-from elevenlabs_agent.services.errors import InvalidInput
 
 DEFAULT_CODE_TOOL = "code_task"
 ENVELOPE = frozenset({"tool_name", "tool_args", "conversation_id", "session_id", "agent_id"})
