@@ -38,13 +38,12 @@ from starlette.routing import Route
 
 from elevenlabs_agent import events
 from elevenlabs_agent import logging as agent_logging
+from elevenlabs_agent.errors import ServiceError
 from elevenlabs_agent.http.routes import MAX_ACK_IDS, MAX_OFFSET, MAX_PAGE, ROUTES
-from elevenlabs_agent.services.callbacks import CallbackBody
-from elevenlabs_agent.services.conversations import RESERVED_CONVERSATION_IDS, parse_message
-from elevenlabs_agent.services.errors import ServiceError
-from elevenlabs_agent.services.tools import TOOL_NAME_PATTERN, ToolCall
+from elevenlabs_agent.limits import ID_PATTERN, TOOL_NAME_PATTERN, is_valid_id
+from elevenlabs_agent.schemas.conversations import RESERVED_CONVERSATION_IDS, parse_message
+from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall
 from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks, outbox, ratelimits, sessions, tasks
-from elevenlabs_agent.stores.ids import ID_PATTERN, is_valid_id
 from tests.conftest import AGENT_ID, Stack, StackFactory
 from tests.helpers import BROWSER_IDENTITY, Captured
 
@@ -368,7 +367,7 @@ async def test_openapi_documents_every_route_and_method(make_stack: StackFactory
             assert {"400", "413", "415"} <= statuses, (method, path)
     schemas = document["components"]["schemas"]
     # The limits come from the code that enforces them.
-    assert schemas["Id"]["pattern"] == ID_PATTERN.pattern
+    assert schemas["Id"]["pattern"] == ID_PATTERN
     assert schemas["EventsAck"]["properties"]["taskIds"]["maxItems"] == MAX_ACK_IDS
     paging = {p["name"]: p["schema"] for p in document["paths"]["/agent-conversations/api/list"]["get"]["parameters"]}
     assert (paging["limit"]["maximum"], paging["offset"]["maximum"]) == (MAX_PAGE, MAX_OFFSET)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from elevenlabs_agent import limits
 from elevenlabs_agent.stores import aliases, conversations, outbox, sessions, tasks
 
 DEFAULT_SESSION_URL_HOSTS = ("elevenlabs.io", "*.elevenlabs.io")
@@ -80,8 +81,8 @@ class Settings(BaseSettings):
     housekeeping_interval_seconds: float = Field(30.0, gt=0)
     housekeeping_max_keys: int = Field(200_000, gt=0)
 
-    max_body_bytes: int = Field(1_048_576, gt=0)
-    max_callback_body_bytes: int = Field(16 * 1_048_576, gt=0)
+    max_body_bytes: int = Field(limits.DEFAULT_MAX_BODY_BYTES, gt=0)
+    max_callback_body_bytes: int = Field(limits.DEFAULT_MAX_CALLBACK_BODY_BYTES, gt=0)
     log_level: str = "info"
     # auto: structlog's coloured console lines on a terminal, JSON lines otherwise (files, collectors).
     log_format: Literal["auto", "json", "console"] = "auto"

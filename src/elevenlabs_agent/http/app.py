@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -29,6 +29,45 @@ HOT_PATHS = frozenset({"/agent-tools", "/callback", "/health", "/ready"})
 
 def create_app(settings: Settings, redis_url: str) -> Starlette:
     runtime = Runtime.build(settings, redis_url)
+    # With METRICS_PORT, /metrics is served only by the second listener (`create_metrics_app`).
+    routes = [r for r in ROUTES if settings.metrics_port is None or r is not METRICS_ROUTE]
+    browser_auth = BrowserAuth(settings)
+    app = Starlette(
+        routes=routes,
+        middleware=_middleware(settings, browser_auth),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=_lifespan(runtime, settings),
+    )
+    # A trailing slash is an unknown route (JSON 404), not Starlette's bodiless 307 to the path without it.
+    app.router.redirect_slashes = False
+    app.state.runtime = runtime
+    app.state.browser_auth = browser_auth
+    return app
+
+
+def _middleware(settings: Settings, browser_auth: BrowserAuth) -> list[Middleware]:
+    return [
+        Middleware(
+            EdgeMiddleware,
+            enabled=settings.elevenlabs_agent_enabled,
+            hot_routes=[r for r in ROUTES if isinstance(r, Route) and r.path in HOT_PATHS],
+            access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
+            browser_auth=browser_auth,
+            allowed_origins=settings.cors_allow_origins,
+        ),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+            # Credentials (the token cookie, a proxy's cookie) only for origins named one by one.
+            allow_credentials="*" not in settings.cors_allow_origins,
+        ),
+    ]
+
+
+def _lifespan(runtime: Runtime, settings: Settings) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """Background work started with the app, and the drain when it stops."""
     housekeeper = Housekeeper(runtime, settings.housekeeping_interval_seconds, settings.housekeeping_max_keys)
     replayer = None
     if runtime.journal is not None:
@@ -71,37 +110,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
                 await runtime.close()
             log.info(events.SERVICE_STOPPED, deliveriesFinished=finished)
 
-    # With METRICS_PORT, /metrics is served only by the second listener (`create_metrics_app`).
-    routes = [r for r in ROUTES if settings.metrics_port is None or r is not METRICS_ROUTE]
-    browser_auth = BrowserAuth(settings)
-    app = Starlette(
-        routes=routes,
-        middleware=[
-            Middleware(
-                EdgeMiddleware,
-                enabled=settings.elevenlabs_agent_enabled,
-                hot_routes=[r for r in ROUTES if isinstance(r, Route) and r.path in HOT_PATHS],
-                access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0) <= logging.INFO,
-                browser_auth=browser_auth,
-                allowed_origins=settings.cors_allow_origins,
-            ),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_allow_origins),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
-                # Credentials (the token cookie, a proxy's cookie) only for origins named one by one.
-                allow_credentials="*" not in settings.cors_allow_origins,
-            ),
-        ],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
-    # A trailing slash is an unknown route (JSON 404), not Starlette's bodiless 307 to the path without it.
-    app.router.redirect_slashes = False
-    app.state.runtime = runtime
-    app.state.browser_auth = browser_auth
-    return app
+    return lifespan
 
 
 def create_metrics_app(runtime: Runtime) -> Starlette:

@@ -10,9 +10,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from elevenlabs_agent import events
+from elevenlabs_agent import errors, events
+from elevenlabs_agent.limits import MAX_JSON_DEPTH
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.services import errors, speech
+from elevenlabs_agent.services import speech
 
 log = get_logger()
 
@@ -27,7 +28,6 @@ STATUS_BY_ERROR: dict[type[errors.ServiceError], int] = {
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }
-MAX_JSON_DEPTH = 32
 
 
 class JSONResponse(Response):

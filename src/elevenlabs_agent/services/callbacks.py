@@ -17,29 +17,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent import events, metrics
+from elevenlabs_agent.errors import InvalidInput, Unauthorized, Unavailable
 from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.schemas.webhooks import CallbackBody
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.services.delivery import DeliveryService
-from elevenlabs_agent.services.errors import InvalidInput, Unauthorized, Unavailable
 from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
-from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.tasks import Completion, Task, TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
-# Fields of cursor-runner's body worth keeping; anything else it may add is ignored.
-_RESULT_FIELDS = (
-    "success",
-    "exitCode",
-    "output",
-    "error",
-    "duration",
-    "repository",
-    "branchName",
-    "command",
-    "timestamp",
-)
+__all__ = ["REDIS_UNREACHABLE", "CallbackBody", "CallbackService", "Outcome"]
 
 log = get_logger()
 # Redis could not be reached or could not take the write now (refused, reset, timeout, cluster or a
@@ -55,38 +44,6 @@ REDIS_UNREACHABLE = (
     OSError,
     TimeoutError,
 )
-
-
-@dataclass(frozen=True)
-class CallbackBody:
-    request_id: str
-    failed: bool
-    result: dict[str, Any]
-
-    @classmethod
-    def parse(cls, body: Any) -> CallbackBody:
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object")
-        request_id = body.get("requestId")
-        if not is_valid_id(request_id):
-            raise InvalidInput("requestId must be 1-128 characters of letters, digits, '_', '.', '-'")
-        success = body.get("success")
-        if not isinstance(success, bool):
-            raise InvalidInput("success must be a boolean")
-        exit_code = body.get("exitCode")
-        if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
-            raise InvalidInput("exitCode must be an integer or null")
-        for name in ("output", "error", "duration", "repository", "branchName", "timestamp"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise InvalidInput(f"{name} must be a string or null")
-        # cursor-runner reports success:true even when the command exited non-zero.
-        failed = not success or (exit_code is not None and exit_code != 0)
-        result = {k: body[k] for k in _RESULT_FIELDS if k in body}
-        return cls(str(request_id), failed, result)
-
-    def to_body(self) -> dict[str, Any]:
-        """The body again, with only the fields we keep (what the spool journals; `parse` reads it back)."""
-        return {"requestId": self.request_id, **self.result}
 
 
 @dataclass(frozen=True)

@@ -10,93 +10,27 @@ from typing import Any
 import orjson
 
 from elevenlabs_agent import events
+from elevenlabs_agent.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.schemas.base import decode
+from elevenlabs_agent.schemas.conversations import (
+    NewConversation,
+    SessionRegistration,
+    parse_message,
+    require_id,
+)
 from elevenlabs_agent.services.delivery import DeliveryService
-from elevenlabs_agent.services.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import SORT_INDEXES, Conversation, ConversationFull, ConversationStore
-from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.timeutil import now_iso
 from elevenlabs_agent.url_policy import check_url
 
-ROLES = frozenset({"user", "assistant", "system", "tool"})
-SOURCES = frozenset({"voice", "text", "tool_output", "system_event"})
-STATUSES = frozenset({"pending", "completed", "failed"})
-TRANSPORTS = frozenset({"websocket", "webrtc"})
 SORT_ORDERS = ("asc", "desc")
 SORT_BY = tuple(SORT_INDEXES)
-MAX_CONTENT_CHARS = 100_000
-MAX_METADATA_BYTES = 16_384
 
 log = get_logger()
-
-
-# Path segments of the conversations API that an id would be shadowed by.
-RESERVED_CONVERSATION_IDS = frozenset({"list", "new", "ws"})
-
-
-def require_id(value: str, what: str = "conversation id") -> str:
-    if not is_valid_id(value):
-        raise InvalidInput(f"{what} must be 1-128 characters of letters, digits, '_', '.', '-'")
-    return value
-
-
-def _one_of(value: Any, allowed: frozenset[str]) -> bool:
-    """Membership that is safe for any JSON value (a list or an object is unhashable)."""
-    return isinstance(value, str) and value in allowed
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object")
-    return body
-
-
-def _optional_str(body: dict[str, Any], name: str, max_len: int = 256) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > max_len:
-        raise InvalidInput(f"{name} must be a string of at most {max_len} characters")
-    return value
-
-
-def _metadata(body: dict[str, Any]) -> dict[str, Any]:
-    value = body.get("metadata")
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidInput("metadata must be an object")
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
-    return value
-
-
-def parse_message(body: Any) -> dict[str, Any]:
-    """An AgentMessage from a client, with only the documented fields kept."""
-    body = _object(body)
-    role, content, source = body.get("role"), body.get("content"), body.get("source", "text")
-    if not _one_of(role, ROLES):
-        raise InvalidInput("role must be one of: " + ", ".join(sorted(ROLES)))
-    if not isinstance(content, str) or len(content) > MAX_CONTENT_CHARS:
-        raise InvalidInput(f"content must be a string of at most {MAX_CONTENT_CHARS} characters")
-    if not _one_of(source, SOURCES):
-        raise InvalidInput("source must be one of: " + ", ".join(sorted(SOURCES)))
-    message: dict[str, Any] = {"role": role, "content": content, "source": source}
-    if body.get("status") is not None:
-        if not _one_of(body["status"], STATUSES):
-            raise InvalidInput("status must be one of: " + ", ".join(sorted(STATUSES)))
-        message["status"] = body["status"]
-    if (name := _optional_str(body, "toolName", 64)) is not None:
-        message["toolName"] = name
-    for field in ("toolArgs", "toolOutput"):
-        if body.get(field) is not None:
-            if len(orjson.dumps(body[field])) > MAX_CONTENT_CHARS:
-                raise InvalidInput(f"{field} is too large")
-            message[field] = body[field]
-    return message
 
 
 @dataclass(frozen=True)
@@ -123,18 +57,10 @@ class ConversationService:
         self.allowed_hosts = allowed_hosts
 
     async def create(self, body: Any) -> Conversation:
-        body = _object(body)
-        conversation_id = body.get("conversationId")
-        if conversation_id is None:
-            conversation_id = str(uuid.uuid4())
-        elif not isinstance(conversation_id, str):
-            raise InvalidInput("conversationId must be a string")
-        require_id(conversation_id, "conversationId")
-        if conversation_id in RESERVED_CONVERSATION_IDS:
-            raise InvalidInput(f"conversationId {conversation_id!r} is reserved")
-        agent_id = _optional_str(body, "agentId", 128)
+        new = decode(NewConversation, body)
+        conversation_id = new.conversationId or str(uuid.uuid4())
         if not await self.conversations.create(
-            conversation_id, now=now_iso(), agent_id=agent_id, metadata=_metadata(body)
+            conversation_id, now=now_iso(), agent_id=new.agentId, metadata=new.metadata or {}
         ):
             raise Conflict("a conversation with this id already exists", conversationId=conversation_id)
         return await self.get(conversation_id)
@@ -170,34 +96,28 @@ class ConversationService:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return message
 
+    def _url_error(self, name: str, value: Any) -> str | None:
+        """The SSRF guard on a registered URL (url_policy.py)."""
+        why = (
+            check_url(value, self.allowed_hosts)
+            if name in ("sessionUrl", "pushUrl") and isinstance(value, str)
+            else None
+        )
+        return None if why is None else f"{name} rejected: {why}"
+
     async def register_session(self, conversation_id: str, body: Any) -> Registration:
         require_id(conversation_id)
-        body = _object(body)
-        session_url = body.get("sessionUrl")
-        if not isinstance(session_url, str) or not session_url:
-            raise InvalidInput("sessionUrl is required")
-        if (why := check_url(session_url, self.allowed_hosts)) is not None:
-            raise InvalidInput(f"sessionUrl rejected: {why}")
-        push_url = _optional_str(body, "pushUrl", 4096)
-        if push_url is not None and (why := check_url(push_url, self.allowed_hosts)) is not None:
-            raise InvalidInput(f"pushUrl rejected: {why}")
-        transport = body.get("transport")
-        if transport is not None and not _one_of(transport, TRANSPORTS):
-            raise InvalidInput("transport must be 'websocket' or 'webrtc'")
-        session_id = _optional_str(body, "sessionId", 128) or str(uuid.uuid4())
-        agent_session_id = _optional_str(body, "agentSessionId", 128)
-        expires_at = body.get("expiresAt")
-        if expires_at is not None and (not isinstance(expires_at, str | int | float) or isinstance(expires_at, bool)):
-            raise InvalidInput("expiresAt must be a string or a number")
-        metadata = _metadata(body)
-        eleven_id = metadata.get("elevenConversationId")
-        if eleven_id is not None and not isinstance(eleven_id, str):
-            raise InvalidInput("metadata.elevenConversationId must be a string")
+        registration = decode(SessionRegistration, body, self._url_error)
+        session_url, push_url = registration.sessionUrl, registration.pushUrl
+        for name, url in (("sessionUrl", session_url), ("pushUrl", push_url)):
+            if (error := self._url_error(name, url)) is not None:
+                raise InvalidInput(error)
+        transport, expires_at = registration.transport, registration.expiresAt
+        session_id = registration.sessionId or str(uuid.uuid4())
+        agent_session_id = registration.agentSessionId
+        metadata = registration.metadata or {}
+        eleven_id = registration.eleven_conversation_id
         aliases = [a for a in (eleven_id, session_id, agent_session_id) if isinstance(a, str)]
-        if any(not is_valid_id(a) for a in aliases):
-            raise InvalidInput(
-                "session and ElevenLabs conversation ids must be 1-128 characters of letters, digits, '_', '.', '-'"
-            )
         if not await self.conversations.exists(conversation_id):
             raise NotFound("conversation not found", conversationId=conversation_id)
 

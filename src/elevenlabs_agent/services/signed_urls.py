@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from elevenlabs_agent import events
 from elevenlabs_agent.clients.elevenlabs import ElevenLabsClient, SignedUrl, UpstreamError
+from elevenlabs_agent.errors import Forbidden, InvalidInput, RateLimited, Unavailable, UpstreamFailed
+from elevenlabs_agent.limits import is_valid_id, must_be_id
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.services.errors import Forbidden, InvalidInput, RateLimited, Unavailable, UpstreamFailed
-from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.ratelimits import RateLimitStore
 
 log = get_logger()
@@ -34,7 +34,7 @@ class SignedUrlService:
         if not agent_id:
             raise InvalidInput("agentId is required (no ELEVENLABS_AGENT_ID is configured)")
         if not is_valid_id(agent_id):
-            raise InvalidInput("agentId must be 1-128 characters of letters, digits, '_', '.', '-'")
+            raise InvalidInput(must_be_id("agentId"))
         if agent_id not in self.allowed_agent_ids:
             raise Forbidden("signed URLs are not issued for this agent", agentId=agent_id)
         if self.client is None:

@@ -2,91 +2,29 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.clients.cursor_runner import CursorRunnerClient
+from elevenlabs_agent.errors import Conflict, InvalidInput
+from elevenlabs_agent.limits import is_valid_id, must_be_id
 from elevenlabs_agent.logging import get_logger
+from elevenlabs_agent.schemas.webhooks import PASS_THROUGH, ToolCall
 from elevenlabs_agent.services import speech
-from elevenlabs_agent.services.errors import Conflict, InvalidInput
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore
-from elevenlabs_agent.stores.ids import is_valid_id
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.tasks import TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
 STATUS_TOOL = "get_task_status"
-DEFAULT_CODE_TOOL = "code_task"
-MAX_PROMPT_CHARS = 50_000
 RECENT_TASKS = 5
-TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-_ENVELOPE = frozenset({"tool_name", "tool_args", "conversation_id", "session_id", "agent_id"})
-_PROMPT_ARGS = ("prompt", "task", "instruction", "query")
-_PASS_THROUGH = ("repository", "branchName", "maxIterations")
 
 log = get_logger()
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A webhook body normalised from either accepted shape (SPEC §4)."""
-
-    tool_name: str
-    args: dict[str, Any]
-    conversation_id: str | None
-    session_id: str | None
-    agent_id: str | None
-
-    @classmethod
-    def parse(cls, body: Any, path_tool: str | None = None) -> ToolCall:
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object")
-        if path_tool is not None and not _TOOL_NAME.fullmatch(path_tool):
-            # Checked even when the body names the tool: a malformed path is never silently ignored.
-            raise InvalidInput("the tool name in the path must be 1-64 characters of letters, digits, '_', '.', '-'")
-        if "tool_args" in body:  # the original shape
-            args = body["tool_args"]
-            if not isinstance(args, dict):
-                raise InvalidInput("tool_args must be an object")
-        else:  # a flat tool body: everything but the envelope is an argument
-            args = {k: v for k, v in body.items() if k not in _ENVELOPE}
-        tool_name = body.get("tool_name")
-        if tool_name is None or tool_name == "":  # only these mean "not named here" (not false, 0, [])
-            tool_name = path_tool or DEFAULT_CODE_TOOL
-        if not isinstance(tool_name, str) or not _TOOL_NAME.fullmatch(tool_name):
-            raise InvalidInput("tool_name must be 1-64 characters of letters, digits, '_', '.', '-'")
-        return cls(
-            tool_name=tool_name,
-            args=args,
-            conversation_id=_optional_id(body, "conversation_id"),
-            session_id=_optional_id(body, "session_id"),
-            agent_id=_optional_id(body, "agent_id"),
-        )
-
-    def prompt(self) -> str:
-        for name in _PROMPT_ARGS:
-            value = self.args.get(name)
-            if isinstance(value, str) and value.strip():
-                prompt = value.strip()
-                break
-        else:
-            extra = {k: v for k, v in self.args.items() if k not in _PASS_THROUGH and k not in _PROMPT_ARGS}
-            if not extra:
-                raise InvalidInput("a code tool needs a 'prompt' argument")
-            prompt = f"{self.tool_name}: {orjson.dumps(extra).decode()}"
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidInput(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        return prompt
 
 
 def _answer(task_id: str, status: str, message: str, **extra: str) -> dict[str, Any]:
@@ -99,15 +37,6 @@ def _answer(task_id: str, status: str, message: str, **extra: str) -> dict[str, 
         "message": message,
         **extra,
     }
-
-
-def _optional_id(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None or value == "":
-        return None
-    if not is_valid_id(value):
-        raise InvalidInput(f"{name} must be 1-128 characters of letters, digits, '_', '.', '-'")
-    return str(value)
 
 
 class ToolService:
@@ -155,7 +84,7 @@ class ToolService:
             "callbackUrl": f"{self.public_url}/callback?secret={quote(token)}",
             "queueType": "api",
         }
-        payload.update({k: call.args[k] for k in _PASS_THROUGH if k in call.args})
+        payload.update({k: call.args[k] for k in PASS_THROUGH if k in call.args})
         started = time.perf_counter()
         result = await self.cursor_runner.execute_async(payload)
         metrics.DISPATCH_DURATION.observe(time.perf_counter() - started)
@@ -244,7 +173,7 @@ class ToolService:
         metrics.WEBHOOKS.labels("status_query").inc()
         if task_id is not None:
             if not is_valid_id(task_id):
-                raise InvalidInput("task_id must be 1-128 characters of letters, digits, '_', '.', '-'")
+                raise InvalidInput(must_be_id("task_id"))
             task = await self.tasks.get(task_id)
             log.info(events.TASK_STATUS_QUERIED, taskId=task_id, found=task is not None)
             if task is None:

@@ -12,7 +12,6 @@ results also stay in the conversation history for good.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -71,15 +70,6 @@ def stream_order(event_id: str) -> tuple[int, int]:
     """Sort key of a stream entry id ("<ms>-<seq>")."""
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-_STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
-
-
-def is_stream_id(value: str) -> bool:
-    """A well-formed stream entry id Redis will accept: `<ms>[-<seq>]`, both below 2**64."""
-    match = _STREAM_ID.fullmatch(value)
-    return match is not None and all(int(part or 0) < 2**64 for part in match.groups())
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Domain errors raised by services; the HTTP layer maps each class to one status code."""
+"""Domain errors raised by the models (schemas/) and the services; the HTTP layer maps each class to one
+status code. Below both, so that a model can refuse input the way a service does."""
 
 from typing import Any
 
