@@ -11,6 +11,7 @@ live instance (`./scripts/run ...` lines of its "Operating it" block, in order).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pty
 import re
@@ -58,6 +59,12 @@ def copy_repository(target: Path) -> Path:
             destination = target / name.decode()
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
+    # scripts/bootstrap's stamp of the installed pyproject.toml: without it, the bootstrap inside the
+    # copy would reinstall the package from this temporary copy into the shared .venv, which then
+    # points at a deleted directory once the test ends.
+    stamp = ROOT / ".venv" / f".installed-{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
+    if (ROOT / ".venv").exists() and not stamp.exists():
+        pytest.fail("pyproject.toml changed since the last install: run scripts/bootstrap --test first")
     for linked in (".venv", ".tools"):
         if (ROOT / linked).exists():
             (target / linked).symlink_to(ROOT / linked)

@@ -18,12 +18,12 @@ owns the key family.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from redis.exceptions import RedisError
 
 from elevenlabs_agent import events, metrics
+from elevenlabs_agent.background import BackgroundLoop
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 
@@ -34,21 +34,11 @@ RECOVERY_GRACE = 30.0
 MAX_RECOVERY_BATCH = 1000
 
 
-class Housekeeper:
+class Housekeeper(BackgroundLoop):
     def __init__(self, runtime: Runtime, interval: float, max_keys: int) -> None:
         self.runtime = runtime
         self.interval = interval
         self.max_keys = max_keys
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         next_pass = 0.0

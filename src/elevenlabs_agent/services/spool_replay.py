@@ -11,7 +11,6 @@ one resumes at the first record not yet recorded. A segment is deleted once all 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from elevenlabs_agent import events, metrics
+from elevenlabs_agent.background import BackgroundLoop
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.services.callbacks import CallbackService
 from elevenlabs_agent.spool import Journal, JournalLine, read_lines, remove_segment, segments, slot_dirs, try_lock
@@ -43,7 +43,7 @@ class ReplayStats:
         return {"outcomes": self.outcomes, "skippedTorn": self.skipped, "complete": self.complete}
 
 
-class SpoolReplayer:
+class SpoolReplayer(BackgroundLoop):
     def __init__(
         self,
         journal: Journal,
@@ -57,18 +57,8 @@ class SpoolReplayer:
         self.interval = interval
         # segment -> offset of its first line not yet replayed (a pass stopped by a Redis failure)
         self._resume: dict[Path, int] = {}
-        self._task: asyncio.Task[None] | None = None
         self._next_orphan_check = 0.0
         self._paused = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:
