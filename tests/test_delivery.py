@@ -90,7 +90,6 @@ async def pending_ids(stack: Stack, conversation_id: str) -> set[str]:
 # --- relay (SSE) ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 async def test_relay_result_reaches_subscriber_and_stays_pending_until_acked(stack: Stack) -> None:
     conversation_id, eleven_id, voice = await stack.live_conversation(push=False)
     relayed_before = await deliveries(stack, "relay", "published")
@@ -395,7 +394,6 @@ async def test_session_ttl_refreshed_and_webhook_fields_survive_reregistration(s
     await voice.close()
 
 
-@pytest.mark.slow
 async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> None:
     conversation_id = await stack.create_conversation()
     manual_callbacks(stack)

@@ -521,13 +521,18 @@ async def test_serve_sigkilled_between_acknowledging_and_delivering_delivers_aft
                         while not await confirmed(task_id):
                             await asyncio.sleep(0.02)
 
-                # Later registrations push nothing that was confirmed: a later result (the barrier)
-                # arrives, and nothing before it.
+                # Later registrations and housekeeping passes push nothing that was confirmed: a later
+                # result (the barrier) arrives, two more housekeeping passes end, and nothing else came.
                 await register(client, el_server, push_conversation, eleven_id, push=True)
                 barrier = await start_and_complete(client, runner, eleven_id, "after the re-registration")
                 async with asyncio.timeout(10):
                     while barrier not in context_ids(elevenlabs, eleven_id):
                         await asyncio.sleep(0.02)
+                scans = {(await scrape(client)).get("elevenlabs_agent_keyspace_scan_timestamp_seconds")}
+                async with asyncio.timeout(10):
+                    while len(scans) < 3:
+                        await asyncio.sleep(0.05)
+                        scans.add((await scrape(client)).get("elevenlabs_agent_keyspace_scan_timestamp_seconds"))
                 counts = context_ids(elevenlabs, eleven_id)
                 metrics = await scrape(client)
         finally:

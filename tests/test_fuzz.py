@@ -47,8 +47,6 @@ from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks,
 from tests.conftest import AGENT_ID, Stack, StackFactory
 from tests.helpers import BROWSER_IDENTITY, Captured
 
-pytestmark = pytest.mark.slow
-
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 # A long run gets a per-test timeout that grows with it; the bounded run keeps the suite's default.
 FUZZ_TIMEOUT = max(180, FUZZ_EXAMPLES * 4)
@@ -386,6 +384,7 @@ async def test_openapi_is_behind_the_feature_flag(make_stack: StackFactory) -> N
 # --- schemathesis against the live service --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(FUZZ_TIMEOUT)
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 async def test_fuzz_operation(

@@ -34,8 +34,6 @@ from tests.conftest import StackFactory, eventually
 from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.serve_proc import ServeProcess, ServeProcesses, wait_status
 
-pytestmark = pytest.mark.slow
-
 WEBHOOK_SECRET = "lifecycle-webhook-secret-0123456789"
 RUNNER_SECRET = "lifecycle-runner-secret-0123456789"
 
@@ -201,6 +199,7 @@ async def attempt(load: Load, what: str, send: Coroutine[Any, Any, httpx.Respons
     return response
 
 
+@pytest.mark.slow
 async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
     tmp_path: Path,
     serve_factory: Any,
@@ -368,6 +367,7 @@ async def test_sigterm_under_concurrent_load_drains_without_failed_requests(
 # --- open SSE streams and second signals ------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_open_event_stream_does_not_hold_shutdown(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], redis: aioredis.Redis, redis_server: RedisServer
 ) -> None:
@@ -420,6 +420,7 @@ async def test_open_event_stream_does_not_hold_shutdown(
     assert stream_ended, "the event stream was not closed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_second_signal_during_drain_exits_at_once(
     serve_factory: Any,
@@ -447,6 +448,7 @@ async def test_second_signal_during_drain_exits_at_once(
     assert elapsed < 3, f"the second signal took {elapsed:.2f} s to stop the process"
 
 
+@pytest.mark.slow
 async def test_sigterm_while_a_log_write_is_blocked_still_drains_and_exits(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], redis: aioredis.Redis, redis_server: RedisServer
 ) -> None:
@@ -481,6 +483,7 @@ async def test_sigterm_while_a_log_write_is_blocked_still_drains_and_exits(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shutdown_timeout", [0.9, 2.5])
 async def test_request_in_flight_when_shutdown_begins_is_answered_within_the_shutdown_timeout(
     serve_factory: Any,
@@ -520,6 +523,7 @@ async def test_request_in_flight_when_shutdown_begins_is_answered_within_the_shu
 # --- a callback that arrives during the drain --------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_callback_during_drain_is_stored_and_acknowledged(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], redis: aioredis.Redis, redis_server: RedisServer
 ) -> None:
@@ -587,6 +591,7 @@ async def assert_redis_down_answers(client: httpx.AsyncClient, conversation_id: 
     assert time.monotonic() - began < 3, "the probes took too long with Redis down"
 
 
+@pytest.mark.slow
 async def test_service_recovers_from_a_redis_restart_without_restarting(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], own_redis: RedisServer
 ) -> None:
@@ -637,6 +642,7 @@ async def test_service_recovers_from_a_redis_restart_without_restarting(
     assert await service.wait_exit(10) == 0, service.output()[-3000:]
 
 
+@pytest.mark.slow
 async def test_service_answers_in_bounded_time_while_redis_hangs_and_recovers(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], own_redis: RedisServer
 ) -> None:
@@ -668,6 +674,7 @@ async def test_service_answers_in_bounded_time_while_redis_hangs_and_recovers(
     assert await service.wait_exit(10) == 0, service.output()[-3000:]
 
 
+@pytest.mark.slow
 async def test_serve_starts_while_redis_is_down_and_recovers_when_it_comes_up(
     serve_factory: Any, runner: tuple[FakeCursorRunner, LocalServer], own_redis: RedisServer
 ) -> None:
@@ -797,7 +804,7 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
         return runtime.delivery.inflight == 0
 
     await eventually(push_attempted, timeout=5)
-    await stack.housekeeping_passes(1)  # at least one while the bridge still rejects
+    await stack.housekeeping_passes(2)  # one whole pass while the bridge still rejects
     assert await stack.redis.hexists(f"elevenlabs:pending:{{{conversation_id}}}", task_id)
     assert (await stack.task(task_id))["delivery"] == "pending"
     assert not stack.elevenlabs.conversations[eleven_id].contextual_updates

@@ -4,7 +4,6 @@ CLI open: the multiplexed client, the bulk reader and redis-py's clients (eleven
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from elevenlabs_agent.sim.cursor_runner import callback_body, split_secret
 from tests.conftest import StackFactory
 from tests.helpers import assert_one_error_line, ok, ok_json, run_cli
 from tests.serve_proc import ServeProcesses
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the certificates")
 
 API = "/agent-conversations/api"
 
@@ -244,6 +241,7 @@ def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cluster.stop()
 
 
+@pytest.mark.slow
 async def test_a_cluster_over_tls_for_the_service_and_the_cli(tls_cluster: RedisClusterServers) -> None:
     url = tls_cluster.url
     assert url.startswith("rediss+cluster://") and "ssl_ca_certs=" in url

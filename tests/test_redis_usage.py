@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,12 @@ async def test_round_trips_on_webhook_and_callback_paths(make_stack: StackFactor
     assert callback_round_trips == 3
     assert "KEYS" not in proxy.command_names()
     await voice.close()
+
+
+def test_source_never_uses_keys_command(repo_root: Path) -> None:
+    """KEYS blocks Redis for the whole keyspace walk; only SCAN is allowed (SPEC §6)."""
+    keys_call = re.compile(r"(redis|pipe|client)\w*\.keys\(|[\"']KEYS[\"']")
+    sources = list((repo_root / "src").rglob("*.py"))
+    assert len(sources) > 30
+    for path in sources:
+        assert keys_call.search(path.read_text()) is None, path

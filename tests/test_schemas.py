@@ -104,7 +104,9 @@ def test_session_registration_checks_in_the_old_order() -> None:
 
     assert error_of(registration, {"transport": "x"}) == "sessionUrl is required"
     assert error_of(registration, {"sessionUrl": "http://a", "transport": "x"}) == "sessionUrl rejected: not ws"
-    assert error_of(registration, {"sessionUrl": "ws://a", "agentSessionId": ""}).startswith("session and ElevenLabs")
+    assert error_of(registration, {"sessionUrl": "ws://a", "agentSessionId": ""}) == (
+        "session and ElevenLabs conversation ids must be " + limits.ID_RULE
+    )
     assert registration({"sessionUrl": "http://a"}).sessionUrl == "http://a"  # a valid body: the caller checks
 
 

@@ -137,6 +137,12 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
 
     assert await poll(all_delivered, 20), "spooled results not delivered after Redis returned"
     print(f"\nRedis return -> last delivery: {time.monotonic() - returned_at:.2f} s (6 results, ping every 0.5 s)")
+
+    # The replayer spawns deliveries as it goes: settled means once it has nothing left.
+    async def drained() -> bool:
+        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
+
+    assert await poll(drained, 5)
     await stack.deliveries_settled()
     conversation = stack.elevenlabs.conversations.get(eleven_id)
     assert conversation is not None
@@ -148,10 +154,6 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
         assert "FORGED" not in task["result"]
     assert not await direct.exists("cursor_task:nope")
 
-    async def drained() -> bool:
-        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
-
-    assert await poll(drained, 5)
     assert journal_lines(tmp_path / "spool") == []
     text = (await stack.http.get("/metrics")).text
     assert metric(text, "elevenlabs_agent_callbacks_spooled_total") >= 9
