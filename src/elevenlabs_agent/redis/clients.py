@@ -134,8 +134,8 @@ def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
     instead of failing at once with "too many connections". A cluster client is typed as `Redis`: it
     offers the command and pipeline API the stores use.
     """
-    # After a Redis restart every pooled connection is dead: retry once on a fresh one instead of
-    # failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
+    # After a Redis restart every pooled connection is dead: retry (at most twice, each on a fresh
+    # connection) instead of failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,))
     options: dict[str, Any] = {
         "decode_responses": True,
