@@ -486,6 +486,23 @@ async def test_sort_orders_and_live_updates_on_cluster(cluster_stack: Stack) -> 
     await eventually(counted)
 
 
+async def test_refused_create_on_cluster_leaves_the_indexes_alone(cluster_redis: aioredis.Redis) -> None:
+    """A create that finds the conversation (409) must not touch the lastAccessed index: the
+    cluster's index writes follow the create script only when it created."""
+    import uuid
+
+    from elevenlabs_agent.stores.conversations import ACCESSED_INDEX_KEY, INDEX_KEY, ConversationStore
+
+    store = ConversationStore(cluster_redis)
+    conversation_id = f"refused-{uuid.uuid4().hex}"
+    first, later = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    assert await store.create(conversation_id, now=iso(first), agent_id=None, metadata={})
+    assert not await store.create(conversation_id, now=iso(later), agent_id=None, metadata={})
+    first_ms = first.timestamp() * 1000
+    assert await cluster_redis.zscore(ACCESSED_INDEX_KEY, conversation_id) == first_ms
+    assert await cluster_redis.zscore(INDEX_KEY, conversation_id) == first_ms
+
+
 async def test_live_updates_through_sentinel(make_stack: StackFactory, redis_sentinel: SentinelSetup) -> None:
     import asyncio
 

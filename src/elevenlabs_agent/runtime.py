@@ -25,6 +25,7 @@ from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.spool import Journal
 from elevenlabs_agent.stores import Stores
 from elevenlabs_agent.stores.aliases import AliasStore
+from elevenlabs_agent.stores.conversation_updates import ConversationUpdates
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.ratelimits import RateLimitStore
@@ -100,7 +101,7 @@ class Runtime:
                 s.signed_url_rate_per_minute,
             ),
             # One subscription per instance on the connection pool that already allows long waits.
-            live=LiveUpdates(conversations, blocking_redis),
+            live=LiveUpdates(conversations, ConversationUpdates(blocking_redis)),
             journal=journal,
         )
 

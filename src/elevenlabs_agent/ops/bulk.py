@@ -10,14 +10,10 @@ from collections import deque
 from typing import Any
 
 import hiredis
-from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from elevenlabs_agent.redis.bulk import BulkConnection
 from elevenlabs_agent.redis.urls import ConnectionOptions, connection_options
-
-# One key's two commands as raw RESP.
-_READ_HASH = b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n*2\r\n$7\r\nHGETALL\r\n$%d\r\n%b\r\n"
 
 
 class HashReader:
@@ -43,24 +39,13 @@ class HashReader:
 
     def send_reads(self, keys: list[str]) -> None:
         """Queue PTTL + HGETALL for each key; read the answers with `receive_reads`."""
-        parts = []
-        for key in keys:
-            raw = key.encode("utf-8", "surrogateescape")
-            parts.append(_READ_HASH % (len(raw), raw, len(raw), raw))
-        self._conn.write(b"".join(parts))
+        self._conn.send_hash_reads(keys)
         self._sent.append(len(keys))
 
     def send_unlink(self, keys: list[str]) -> None:
         """Queue an UNLINK (one per hash slot on a cluster node); the count is added to `unlinked`
         once the replies are read."""
-        groups: list[list[str]] = [keys]
-        if self.cluster:
-            by_slot: dict[int, list[str]] = {}
-            for key in keys:
-                by_slot.setdefault(key_slot(key.encode("utf-8", "surrogateescape")), []).append(key)
-            groups = list(by_slot.values())
-        self._conn.write(b"".join(hiredis.pack_command(("UNLINK", *group)) for group in groups))  # type: ignore[arg-type]
-        self._sent.extend([None] * len(groups))
+        self._sent.extend([None] * self._conn.send_unlinks(keys, per_slot=self.cluster))
 
     async def finish_unlinks(self) -> None:
         """Read the replies of every UNLINK still unanswered."""

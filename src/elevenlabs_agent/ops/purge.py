@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.asyncio import Redis
 
 from elevenlabs_agent.ops.bulk import HashReader
-from elevenlabs_agent.redis.urls import parse_redis_url
+from elevenlabs_agent.redis.clients import DataNode, data_nodes, is_cluster
 from elevenlabs_agent.stores import KeyFamily
-from elevenlabs_agent.stores.keyspace import primaries, scan_batches, scan_node_batches
+from elevenlabs_agent.stores.keyspace import scan_batches, scan_node_batches
 from elevenlabs_agent.stores.locks import Lease
 
 
@@ -97,22 +96,14 @@ class Source:
 
 async def sources(redis: Redis, redis_url: str) -> list[Source]:
     """One source for a single server or a Sentinel master, one per master on a Redis Cluster."""
-    target = parse_redis_url(redis_url)
-    if isinstance(redis, RedisCluster):
-        await redis.initialize()
-        return [
-            Source(
-                partial(HashReader.connect, target.node(node.host, node.port), cluster=True),
-                partial(scan_node_batches, redis, node),
-            )
-            for node in primaries(redis)
-        ]
-    if target.kind == "sentinel":
-        pool = redis.connection_pool
-        assert isinstance(pool, SentinelConnectionPool)
-        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
-        return [Source(partial(HashReader.connect, target.node(host, port)), partial(scan_batches, redis))]
-    return [Source(partial(HashReader.open, redis_url), partial(scan_batches, redis))]
+    return [_source(redis, node) for node in await data_nodes(redis, redis_url)]
+
+
+def _source(redis: Redis, node: DataNode) -> Source:
+    reader = partial(HashReader.connect, node.options, cluster=node.cluster_node is not None)
+    if node.cluster_node is not None and is_cluster(redis):
+        return Source(reader, partial(scan_node_batches, redis, node.cluster_node))
+    return Source(reader, partial(scan_batches, redis))
 
 
 async def purge(

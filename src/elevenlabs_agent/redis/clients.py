@@ -8,7 +8,8 @@ makes.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, TypeGuard, cast
 
 from redis._parsers import AsyncCommandsParser
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -19,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
-from elevenlabs_agent.redis.urls import RedisTarget, parse_redis_url
+from elevenlabs_agent.redis.urls import ConnectionOptions, RedisTarget, connection_options, parse_redis_url
 
 
 class ClusterUnavailable(RedisConnectionError):
@@ -123,8 +124,36 @@ def open_redis(url: str, **options: Any) -> Redis:
     return Redis.from_url(url, **options)
 
 
-def is_cluster(client: object) -> bool:
+def is_cluster(client: object) -> TypeGuard[RedisCluster]:
     return isinstance(client, RedisCluster)
+
+
+def primaries(client: RedisCluster) -> list[ClusterNode]:
+    """The cluster's masters (one per slot range), as the client currently knows them."""
+    return sorted(client.get_primaries(), key=lambda node: node.name)
+
+
+@dataclass(frozen=True)
+class DataNode:
+    """A server that holds keys, to connect to directly: the one server, the Sentinel's current
+    master, or one cluster master (`cluster_node`, which holds only its own slots' keys)."""
+
+    options: ConnectionOptions
+    cluster_node: ClusterNode | None = None
+
+
+async def data_nodes(client: Redis, url: str) -> list[DataNode]:
+    """Every server holding keys for `url`, as `client` (opened on that URL) finds them now."""
+    target = parse_redis_url(url)
+    if is_cluster(client):
+        await client.initialize()  # a new client knows no nodes before its first command
+        return [DataNode(target.node(node.host, int(node.port)), node) for node in primaries(client)]
+    if target.kind == "sentinel":
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        return [DataNode(target.node(host, port))]
+    return [DataNode(connection_options(url))]
 
 
 def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
@@ -134,8 +163,8 @@ def connect_redis(url: str, timeout: float, *, blocking: bool = False) -> Redis:
     instead of failing at once with "too many connections". A cluster client is typed as `Redis`: it
     offers the command and pipeline API the stores use.
     """
-    # After a Redis restart every pooled connection is dead: retry once on a fresh one instead of
-    # failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
+    # After a Redis restart every pooled connection is dead: retry (at most twice, each on a fresh
+    # connection) instead of failing a request. Timeouts are not retried, so a hung Redis still fails within `timeout`.
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,))
     options: dict[str, Any] = {
         "decode_responses": True,

@@ -20,10 +20,16 @@ retry across a failover, the CLI's) resend too. Writes that were not idempotent 
 - a message append carries an id its script dedupes on (else: the message stored twice);
 - a conversation create recognises its own record (else: 409 for a create that succeeded);
 - a purge lease recognises its own token (else: "another purge holds the lease" for our own).
-Two keep a bounded, accepted effect: a rate-limit window counts that call twice (stricter by one),
-and a callback completion whose answer was lost is answered as a duplicate while housekeeping's
-repair finishes its recording after the grace period (late, never lost). A new write must be
-idempotent, or accept its effect here in writing.
+Three keep a bounded, accepted effect: a rate-limit window counts that call twice (stricter by
+one); a callback completion whose answer was lost is answered as a duplicate while housekeeping's
+repair finishes its recording after the grace period (late, never lost); and a relay
+acknowledgement (`Outbox.ack`, HDEL) whose answer was lost finds its ids already gone, so that
+request answers `acknowledged: []` and skips the "delivered" announcement, log line and metric of
+the ids it did confirm. Its data effect is whole (the tasks are marked delivered first, then their
+results leave the pending set, both idempotent); relay.js drops the ids it sent on any 200 whatever
+the list says; the conversation page shows the delivery on its next update. Reporting ids already
+gone as acknowledged would also do so for a client's own repeated acknowledgement, which answers
+`[]` (tests/test_delivery.py). A new write must be idempotent, or accept its effect here in writing.
 """
 
 from __future__ import annotations
@@ -39,11 +45,21 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.client import EMPTY_RESPONSE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError, WatchError
+from redis.exceptions import DataError, InvalidResponse, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent.redis.urls import connection_options
-from elevenlabs_agent.redis.wire import Command, open_socket, set_up
+from elevenlabs_agent.redis.wire import Command, open_socket, pack, set_up
+
+
+def _pack(commands: Sequence[Command]) -> bytes:
+    # redis-py names some commands with their subcommand ("SCRIPT LOAD"): two arguments.
+    split = [(*command[0].split(), *command[1:]) if " " in command[0] else command for command in commands]
+    try:
+        return pack(split)
+    except TypeError as exc:
+        # What redis-py's encoder refuses (None, a bool) it refuses with DataError: so does this.
+        raise DataError(str(exc)) from None
 
 
 def _error(message: str) -> ResponseError:
@@ -123,7 +139,6 @@ class MuxRedis(Redis):
         self.url = url
         self.timeout = timeout
         self._options = connection_options(url)
-        self._encode = self.connection_pool.get_encoder().encode  # type: ignore[no-untyped-call]
         self._wire: _Wire | None = None
         self._connecting = asyncio.Lock()
 
@@ -146,25 +161,12 @@ class MuxRedis(Redis):
             return wire
 
     async def _send(self, loop: asyncio.AbstractEventLoop, wire: _Wire, commands: Sequence[Command]) -> list[Any]:
-        return [await f for f in wire.send(loop, self._pack(commands), len(commands))]
-
-    def _pack(self, commands: Sequence[Command]) -> bytes:
-        encode = self._encode
-        parts: list[bytes] = []
-        for command in commands:
-            if " " in command[0]:
-                # redis-py names some commands with their subcommand ("SCRIPT LOAD"): two arguments.
-                command = (*command[0].split(), *command[1:])
-            parts.append(b"*%d\r\n" % len(command))
-            for arg in command:
-                value = encode(arg)
-                parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
-        return b"".join(parts)
+        return [await f for f in wire.send(loop, _pack(commands), len(commands))]
 
     async def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
         """Send commands back to back (one write) and return their raw replies, errors as values."""
         loop = asyncio.get_running_loop()
-        packed = self._pack(commands)
+        packed = _pack(commands)
         for attempt in (1, 2):
             wire = self._wire
             try:

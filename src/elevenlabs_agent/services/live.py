@@ -2,16 +2,18 @@
 
 Every script that changes a conversation PUBLISHes `{"conversationId", "reason"}` on one Redis
 channel (stores/conversations.py), whichever instance ran it. Each instance holds ONE subscription
-to that channel and fans a change out to the sockets it holds for that conversation: thousands of
-idle sockets cost no Redis connection each, and an idle socket is only its entry in a dict.
+to that channel (stores/conversation_updates.py) and fans a change out to the sockets it holds for
+that conversation: thousands of idle sockets cost no Redis connection each, and an idle socket is
+only its entry in a dict.
 
 On a change, the conversation is read once per instance (not once per socket) and the same frame
 goes to each of its sockets. Changes that arrive while that read is in flight are folded into one
 more read, so a burst costs at most two reads and every socket ends on the newest state.
 
 Pub/Sub forgets what it could not deliver: whenever the subscription is (re)established (Redis
-restarted, the connection dropped), every conversation with local sockets is read again and sent as
-an update with reason `resync`, so nothing a socket missed stays missing.
+restarted, the connection dropped: the store yields RESUBSCRIBED), every conversation with local
+sockets is read again and sent as an update with reason `resync`, so nothing a socket missed stays
+missing.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import contextlib
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.stores.conversations import UPDATES_CHANNEL, Conversation, ConversationStore
+from elevenlabs_agent.stores.conversation_updates import Change, ConversationUpdates, Resubscribed
+from elevenlabs_agent.stores.conversations import Conversation, ConversationStore
 
 log = get_logger()
 
@@ -81,9 +83,9 @@ class Subscriber:
 
 
 class LiveUpdates:
-    def __init__(self, conversations: ConversationStore, pubsub_redis: Redis) -> None:
+    def __init__(self, conversations: ConversationStore, updates: ConversationUpdates) -> None:
         self.conversations = conversations
-        self.pubsub_redis = pubsub_redis
+        self.updates = updates
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._dirty: dict[str, str] = {}  # conversation id -> reason of its latest unsent change
         self._reading: dict[str, asyncio.Task[None]] = {}
@@ -146,42 +148,27 @@ class LiveUpdates:
     async def _listen(self) -> None:
         attempt = 0
         while True:
-            pubsub = None
             try:
-                # A cluster client learns its slot map on its first command; its Pub/Sub needs it.
-                await self.pubsub_redis.ping()
-                pubsub = self.pubsub_redis.pubsub()
-                await pubsub.subscribe(UPDATES_CHANNEL)
-                async for message in pubsub.listen():
-                    attempt = 0
-                    self._on_message(message)
+                async with contextlib.aclosing(self.updates.listen()) as updates:
+                    async for update in updates:
+                        attempt = 0
+                        self._on_update(update)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever broke, this loop must outlive it and resubscribe
                 log.warning(events.LIVE_SUBSCRIPTION_LOST, error=type(exc).__name__, sockets=self.count)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        if message["type"] == "subscribe":
-            # The first subscription, or redis-py's re-subscription after a reconnect: anything
-            # published while we were not subscribed is lost, so every local conversation is re-read.
+    def _on_update(self, update: Change | Resubscribed) -> None:
+        if not isinstance(update, Change):
+            # RESUBSCRIBED: anything published while we were not subscribed is lost, so every
+            # local conversation is re-read.
             for conversation_id in list(self._subscribers):
                 self._changed(conversation_id, "resync")
             return
-        if message["type"] != "message":
-            return
-        try:
-            change = orjson.loads(message["data"])
-            conversation_id, reason = change["conversationId"], change["reason"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return
-        if isinstance(conversation_id, str) and conversation_id in self._subscribers:
-            self._changed(conversation_id, str(reason))
+        if update.conversation_id in self._subscribers:
+            self._changed(update.conversation_id, update.reason)
 
     def _changed(self, conversation_id: str, reason: str) -> None:
         self._dirty[conversation_id] = reason

@@ -167,8 +167,13 @@ class ConversationStore:
             ],
         )
         if self.cluster:
-            for queue in _cluster_index(conversation_id, ms, created=True):
-                batch.add(queue)
+
+            async def index() -> None:
+                # Only a conversation this call created: a 409 must leave its lastAccessed alone.
+                if created.value:
+                    await self._index_write(conversation_id, ms, created=True)
+
+            batch.after(index)
         await batch.run()
         return bool(created.value)
 

@@ -13,17 +13,19 @@ from typing import Any, cast
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 
+from elevenlabs_agent.redis.clients import is_cluster, primaries
+
 SCAN_COUNT = 1000
 MEMORY_SAMPLE = 50
 
 
 async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> AsyncIterator[list[str]]:
     """Batches of key names matching `pattern`."""
-    if isinstance(redis, RedisCluster):
+    if is_cluster(redis):
         await redis.initialize()  # a new client knows no nodes before its first command
         for node in primaries(redis):
-            async for keys in scan_node_batches(redis, node, pattern, count):
-                yield keys
+            async for node_keys in scan_node_batches(redis, node, pattern, count):
+                yield node_keys
         return
     cursor = 0
     while True:
@@ -32,11 +34,6 @@ async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> A
             yield cast(list[str], keys)
         if cursor == 0:
             return
-
-
-def primaries(redis: RedisCluster) -> list[ClusterNode]:
-    """The cluster's masters (one per slot range), as the client currently knows them."""
-    return sorted(redis.get_primaries(), key=lambda node: node.name)
 
 
 async def scan_node_batches(

@@ -128,7 +128,8 @@ class Outbox:
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     async def ack(self, conversation_id: str, task_ids: list[str]) -> list[str]:
-        """Drop confirmed results from the pending set; returns the task ids that were pending."""
+        """Drop confirmed results from the pending set; returns the task ids that were pending (a
+        resend after a lost answer finds none: the accepted effect written down in redis/mux.py)."""
         key = pending_key(conversation_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:

@@ -11,7 +11,6 @@ Lifetime: TTL 24 h from creation; the result also lives on in the conversation.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -62,10 +61,6 @@ def key(task_id: str) -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def token_matches(token: str, token_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(token), token_hash)
 
 
 # KEYS[1] task; ARGV = conversation id, now, channel. 1 if marked (again), 0 if not this conversation's
