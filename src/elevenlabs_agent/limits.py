@@ -33,7 +33,7 @@ _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 MAX_PROMPT_CHARS = 50_000
 MAX_CONTENT_CHARS = 100_000
 MAX_METADATA_BYTES = 16_384
-MAX_SHORT_TEXT = 128  # agentId, sessionId: free-form strings kept in a session hash
+MAX_SHORT_TEXT = 128  # agentId: a free-form string kept in the conversation
 MAX_URL_LENGTH = 4096
 
 DEFAULT_PAGE = 20

@@ -20,7 +20,6 @@ Transport = Literal["webrtc", "websocket"]
 ROLES = frozenset(get_args(Role))
 SOURCES = frozenset(get_args(Source))
 STATUSES = frozenset(get_args(Status))
-TRANSPORTS = frozenset(get_args(Transport))
 # Path segments of the conversations API that an id would be shadowed by.
 RESERVED_CONVERSATION_IDS = frozenset({"list", "new", "ws"})
 _DIGITS = re.compile(r"[0-9]{1,20}")
@@ -118,6 +117,10 @@ _SESSION_METADATA = {
 }
 
 
+# One sentence for any of the three ids a registration makes aliases of.
+_SESSION_IDS_RULE = "session and ElevenLabs conversation ids must be " + limits.ID_RULE
+
+
 class SessionRegistration(Model):
     sessionUrl: Annotated[
         str,
@@ -139,8 +142,18 @@ class SessionRegistration(Model):
         | None
     ) = None
     transport: Transport | None = None
-    sessionId: ShortText = None
-    agentSessionId: ShortText = None
+    sessionId: (
+        Annotated[
+            str,
+            Meta(
+                max_length=limits.ID_MAX_LENGTH,
+                pattern=limits.OPTIONAL_ID_REGEX.pattern,
+                description="Empty or absent: a new UUID.",
+            ),
+        ]
+        | None
+    ) = None
+    agentSessionId: Annotated[str, Meta(max_length=limits.ID_MAX_LENGTH, pattern=limits.ID_REGEX.pattern)] | None = None
     expiresAt: str | int | float | None = None
     metadata: (
         Annotated[
@@ -156,8 +169,8 @@ class SessionRegistration(Model):
     ERRORS: ClassVar[dict[str, str | tuple[str, str]]] = {
         "sessionUrl": "sessionUrl is required",
         "pushUrl": _at_most("pushUrl", limits.MAX_URL_LENGTH),
-        "sessionId": _at_most("sessionId", limits.MAX_SHORT_TEXT),
-        "agentSessionId": _at_most("agentSessionId", limits.MAX_SHORT_TEXT),
+        "sessionId": (_at_most("sessionId", limits.ID_MAX_LENGTH), _SESSION_IDS_RULE),
+        "agentSessionId": (_at_most("agentSessionId", limits.ID_MAX_LENGTH), _SESSION_IDS_RULE),
         "expiresAt": "expiresAt must be a string or a number",
         "transport": "transport must be 'websocket' or 'webrtc'",
         "metadata": "metadata must be an object",
@@ -165,13 +178,12 @@ class SessionRegistration(Model):
 
     def __post_init__(self) -> None:
         _check_metadata(self.metadata)
+        # Inside free-form metadata, so no field type can say it: the one id checked by hand.
         eleven_id = self.eleven_conversation_id
         if eleven_id is not None and not isinstance(eleven_id, str):
             raise ValueError("metadata.elevenConversationId must be a string")
-        # "" sessionId means "make one up"; any other id given must be usable in a key name.
-        given = [a for a in (eleven_id, self.sessionId or None, self.agentSessionId) if a is not None]
-        if not all(limits.is_valid_id(a) for a in given):
-            raise ValueError("session and ElevenLabs conversation ids must be " + limits.ID_RULE)
+        if eleven_id is not None and not limits.is_valid_id(eleven_id):
+            raise ValueError(_SESSION_IDS_RULE)
 
     @property
     def eleven_conversation_id(self) -> Any:
