@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgspec
+
 from elevenlabs_agent import limits
 from elevenlabs_agent.http.access import AUTH_PATH, Group, group_of
-from elevenlabs_agent.services import conversations
+from elevenlabs_agent.schemas.conversations import ListQuery
 
 Schema = dict[str, Any]
 OPTIONAL_STREAM_ID_PATTERN = f"^({limits.STREAM_ID_PATTERN[1:-1]})?$"  # empty: not resuming
@@ -43,6 +45,20 @@ _BODY_ERRORS = {
 
 def _conversation_id() -> Schema:
     return {"name": "conversation_id", "in": "path", "required": True, "schema": ref("ConversationId")}
+
+
+def _query_parameters(query: type[msgspec.Struct]) -> list[Schema]:
+    """The fields of a query model as parameters. A string enum also takes "" (its default)."""
+    _, components = msgspec.json.schema_components([query])
+    parameters = []
+    for name, schema in components[query.__name__]["properties"].items():
+        description = schema.pop("description", None)
+        if "enum" in schema:
+            schema["enum"] = ["", *schema["enum"]]
+        parameters.append({"name": name, "in": "query", "schema": schema})
+        if description:
+            parameters[-1]["description"] = description
+    return parameters
 
 
 def _web_asset_headers() -> dict[str, Schema]:
@@ -220,35 +236,7 @@ _PATHS: dict[str, Schema] = {
             "summary": "Conversations in the order asked for (newest first by default)",
             "description": "Each order is a range read of a Redis sorted set. Ties in messageCount are in "
             "conversation id order.",
-            "parameters": [
-                {
-                    "name": "sortBy",
-                    "in": "query",
-                    "description": "Empty or absent: createdAt. Anything else is a 400 naming the allowed values.",
-                    "schema": {"enum": ["", *conversations.SORT_BY], "default": "createdAt"},
-                },
-                {
-                    "name": "sortOrder",
-                    "in": "query",
-                    "description": "Empty or absent: desc.",
-                    "schema": {"enum": ["", *conversations.SORT_ORDERS], "default": "desc"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": limits.MAX_PAGE,
-                        "default": limits.DEFAULT_PAGE,
-                    },
-                },
-                {
-                    "name": "offset",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": limits.MAX_OFFSET, "default": 0},
-                },
-            ],
+            "parameters": _query_parameters(ListQuery),
             "responses": {
                 "200": _json(ref("ConversationList"), "A page of conversations"),
                 "400": _error("BadRequest"),

@@ -14,6 +14,7 @@ from elevenlabs_agent.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
 from elevenlabs_agent.schemas.conversations import (
+    ListQuery,
     NewConversation,
     SessionRegistration,
     parse_message,
@@ -21,14 +22,11 @@ from elevenlabs_agent.schemas.conversations import (
 )
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.stores.aliases import AliasStore
-from elevenlabs_agent.stores.conversations import SORT_INDEXES, Conversation, ConversationFull, ConversationStore
+from elevenlabs_agent.stores.conversations import Conversation, ConversationFull, ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.timeutil import now_iso
 from elevenlabs_agent.url_policy import check_url
-
-SORT_ORDERS = ("asc", "desc")
-SORT_BY = tuple(SORT_INDEXES)
 
 log = get_logger()
 
@@ -71,18 +69,10 @@ class ConversationService:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return conversation
 
-    async def list(
-        self, offset: int, limit: int, sort_by: str | None = None, sort_order: str | None = None
-    ) -> tuple[list[Conversation], int]:
-        """A page in the order the front end asks for (SPEC §3.1); absent or empty = newest first."""
-        sort_by = sort_by or "createdAt"
-        sort_order = sort_order or "desc"
-        if sort_by not in SORT_INDEXES:
-            raise InvalidInput("sortBy must be one of: " + ", ".join(SORT_BY), allowed=list(SORT_BY))
-        if sort_order not in SORT_ORDERS:
-            raise InvalidInput("sortOrder must be one of: " + ", ".join(SORT_ORDERS), allowed=list(SORT_ORDERS))
+    async def list(self, query: ListQuery) -> tuple[list[Conversation], int]:
+        """A page in the order the front end asks for (SPEC §3.1)."""
         return await self.conversations.list(
-            offset=offset, limit=limit, sort_by=sort_by, descending=sort_order == "desc"
+            offset=query.offset, limit=query.limit, sort_by=query.sortBy, descending=query.sortOrder == "desc"
         )
 
     async def append(self, conversation_id: str, body: Any) -> dict[str, Any]:

@@ -17,10 +17,15 @@ from elevenlabs_agent.http.access import TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.http.routes.base import runtime_of
-from elevenlabs_agent.limits import DEFAULT_PAGE
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
-from elevenlabs_agent.schemas.conversations import BrowserSignIn, EventsAck, page, require_id, valid_last_event_id
+from elevenlabs_agent.schemas.conversations import (
+    BrowserSignIn,
+    EventsAck,
+    ListQuery,
+    require_id,
+    valid_last_event_id,
+)
 
 log = get_logger()
 
@@ -56,10 +61,9 @@ async def login(request: Request) -> Response:
 
 
 async def list_conversations(request: Request) -> Response:
-    offset, limit = page(request.query_params.get("limit", str(DEFAULT_PAGE)), request.query_params.get("offset", "0"))
-    conversations, total = await runtime_of(request).conversations.list(
-        offset, limit, request.query_params.get("sortBy"), request.query_params.get("sortOrder")
-    )
+    query = ListQuery.parse(request.query_params)
+    conversations, total = await runtime_of(request).conversations.list(query)
+    offset, limit = query.offset, query.limit
     return JSONResponse(
         {
             "success": True,
