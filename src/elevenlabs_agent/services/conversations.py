@@ -12,13 +12,10 @@ import orjson
 from elevenlabs_agent import events
 from elevenlabs_agent.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.schemas.base import decode
 from elevenlabs_agent.schemas.conversations import (
     ListQuery,
     NewConversation,
     SessionRegistration,
-    parse_message,
-    require_id,
 )
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.stores.aliases import AliasStore
@@ -54,8 +51,7 @@ class ConversationService:
         self.delivery = delivery
         self.allowed_hosts = allowed_hosts
 
-    async def create(self, body: Any) -> Conversation:
-        new = decode(NewConversation, body)
+    async def create(self, new: NewConversation) -> Conversation:
         conversation_id = new.conversationId or str(uuid.uuid4())
         if not await self.conversations.create(
             conversation_id, now=now_iso(), agent_id=new.agentId, metadata=new.metadata or {}
@@ -64,7 +60,7 @@ class ConversationService:
         return await self.get(conversation_id)
 
     async def get(self, conversation_id: str) -> Conversation:
-        conversation = await self.conversations.get(require_id(conversation_id))
+        conversation = await self.conversations.get(conversation_id)
         if conversation is None:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return conversation
@@ -75,19 +71,20 @@ class ConversationService:
             offset=query.offset, limit=query.limit, sort_by=query.sortBy, descending=query.sortOrder == "desc"
         )
 
-    async def append(self, conversation_id: str, body: Any) -> dict[str, Any]:
-        message = parse_message(body)
-        message["timestamp"] = now_iso()
+    async def append(self, conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Store a client's message (parse_message's AgentMessage), stamped now."""
+        message = {**message, "timestamp": now_iso()}
         try:
-            stored = await self.conversations.append_message(require_id(conversation_id), message, message["timestamp"])
+            stored = await self.conversations.append_message(conversation_id, message, message["timestamp"])
         except ConversationFull:
             raise Conflict("the conversation holds the maximum number of messages") from None
         if not stored:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return message
 
-    def _url_error(self, name: str, value: Any) -> str | None:
-        """The SSRF guard on a registered URL (url_policy.py)."""
+    def url_error(self, name: str, value: Any) -> str | None:
+        """The SSRF guard on a registered URL (url_policy.py); a FieldCheck for decoding a
+        SessionRegistration, so its error is reported in field order."""
         why = (
             check_url(value, self.allowed_hosts)
             if name in ("sessionUrl", "pushUrl") and isinstance(value, str)
@@ -95,12 +92,10 @@ class ConversationService:
         )
         return None if why is None else f"{name} rejected: {why}"
 
-    async def register_session(self, conversation_id: str, body: Any) -> Registration:
-        require_id(conversation_id)
-        registration = decode(SessionRegistration, body, self._url_error)
+    async def register_session(self, conversation_id: str, registration: SessionRegistration) -> Registration:
         session_url, push_url = registration.sessionUrl, registration.pushUrl
         for name, url in (("sessionUrl", session_url), ("pushUrl", push_url)):
-            if (error := self._url_error(name, url)) is not None:
+            if (error := self.url_error(name, url)) is not None:
                 raise InvalidInput(error)
         transport, expires_at = registration.transport, registration.expiresAt
         session_id = registration.sessionId or str(uuid.uuid4())

@@ -23,6 +23,9 @@ from elevenlabs_agent.schemas.conversations import (
     BrowserSignIn,
     EventsAck,
     ListQuery,
+    NewConversation,
+    SessionRegistration,
+    parse_message,
     require_id,
     valid_last_event_id,
 )
@@ -82,7 +85,7 @@ async def new_conversation(request: Request) -> Response:
     body: Any = {}
     if request.headers.get("content-length", "0") != "0" or request.headers.get("transfer-encoding"):
         body = await read_json(request, rt.settings.max_body_bytes)
-    conversation = await rt.conversations.create(body)
+    conversation = await rt.conversations.create(decode(NewConversation, body))
     return JSONResponse(
         {"success": True, "conversation": conversation.to_public(), **conversation.to_public()},
         status_code=201,
@@ -90,30 +93,33 @@ async def new_conversation(request: Request) -> Response:
 
 
 async def get_conversation(request: Request) -> Response:
-    conversation = await runtime_of(request).conversations.get(request.path_params["conversation_id"])
+    conversation_id = require_id(request.path_params["conversation_id"])
+    conversation = await runtime_of(request).conversations.get(conversation_id)
     return JSONResponse({"success": True, "conversation": conversation.to_public(), **conversation.to_public()})
 
 
 async def append_message(request: Request) -> Response:
     rt = runtime_of(request)
     conversation_id = require_id(request.path_params["conversation_id"])
-    message = await rt.conversations.append(conversation_id, await read_json(request, rt.settings.max_body_bytes))
-    return JSONResponse({"success": True, "message": message}, status_code=201)
+    message = parse_message(await read_json(request, rt.settings.max_body_bytes))
+    stored = await rt.conversations.append(conversation_id, message)
+    return JSONResponse({"success": True, "message": stored}, status_code=201)
 
 
 async def register_session(request: Request) -> Response:
     rt = runtime_of(request)
     conversation_id = require_id(request.path_params["conversation_id"])
     structlog.contextvars.bind_contextvars(conversationId=conversation_id)
-    registration = await rt.conversations.register_session(
-        conversation_id, await read_json(request, rt.settings.max_body_bytes)
+    body = await read_json(request, rt.settings.max_body_bytes)
+    registered = await rt.conversations.register_session(
+        conversation_id, decode(SessionRegistration, body, rt.conversations.url_error)
     )
     return JSONResponse(
         {
             "success": True,
             "message": "Session registered",
-            "sessionId": registration.session_id,
-            "pendingResults": registration.pending_results,
+            "sessionId": registered.session_id,
+            "pendingResults": registered.pending_results,
         }
     )
 
