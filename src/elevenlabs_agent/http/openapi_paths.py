@@ -5,16 +5,17 @@ bodies are named components generated from schemas/."""
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
 from elevenlabs_agent import limits
+from elevenlabs_agent.clients.elevenlabs import SIGNED_URL_VALIDITY
 from elevenlabs_agent.http.access import AUTH_PATH, Group, group_of
 from elevenlabs_agent.schemas.conversations import ListQuery
 
 Schema = dict[str, Any]
-OPTIONAL_STREAM_ID_PATTERN = f"^({limits.STREAM_ID_PATTERN[1:-1]})?$"  # empty: not resuming
 
 
 def ref(name: str) -> Schema:
@@ -138,7 +139,8 @@ _PATHS: dict[str, Schema] = {
     },
     "/signed-url": {
         "get": {
-            "summary": "A signed ElevenLabs conversation URL (valid 15 minutes) for a private agent",
+            "summary": "A signed ElevenLabs conversation URL "
+            f"(valid {SIGNED_URL_VALIDITY // timedelta(minutes=1)} minutes) for a private agent",
             "parameters": [
                 {
                     "name": "agentId",
@@ -206,7 +208,8 @@ _PATHS: dict[str, Schema] = {
             "description": "`startRelay({baseUrl, conversationId, conversation, speak, onResult})` forwards each "
             "result of the conversation's event stream into the live ElevenLabs session "
             "(`sendContextualUpdate`), then acknowledges it. Served with the feature flag off too (a page "
-            "importing it must still load). Cached 5 minutes (`Cache-Control`), then revalidated with the "
+            f"importing it must still load). Cached {limits.WEB_ASSET_MAX_AGE_SECONDS // 60} minutes "
+            "(`Cache-Control`), then revalidated with the "
             "`ETag` (service version and content hash): `If-None-Match` with it answers 304.",
             "responses": {
                 "200": {
@@ -317,7 +320,8 @@ _PATHS: dict[str, Schema] = {
     "/agent-conversations/api/{conversation_id}/events": {
         "get": {
             "summary": "Server-Sent Events: task updates of the conversation (relay channel)",
-            "description": "Starts with `retry: 3000`; each result is `id: <stream id>`, `event: task_update`, "
+            "description": f"Starts with `retry: {limits.SSE_RETRY_MS}`; each result is `id: <stream id>`, "
+            "`event: task_update`, "
             "`data: <JSON>`; `: keep-alive` comments every SSE_KEEPALIVE_SECONDS. Results not yet "
             "acknowledged are sent again to every new subscriber. Resumable with `Last-Event-ID`.",
             "parameters": [
@@ -327,7 +331,7 @@ _PATHS: dict[str, Schema] = {
                     "in": "header",
                     "required": False,
                     "description": "An event id this stream sent (empty: not resuming).",
-                    "schema": {"type": "string", "pattern": OPTIONAL_STREAM_ID_PATTERN},
+                    "schema": {"type": "string", "pattern": limits.OPTIONAL_STREAM_ID_PATTERN},
                 },
                 {
                     "name": "lastEventId",

@@ -17,6 +17,7 @@ from elevenlabs_agent.http.access import TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.http.routes.base import runtime_of
+from elevenlabs_agent.limits import SSE_RETRY_MS
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
 from elevenlabs_agent.schemas.conversations import (
@@ -141,7 +142,7 @@ async def events_stream(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         metrics.SSE_SUBSCRIBERS.inc()
-        yield b"retry: 3000\n\n"
+        yield b"retry: %d\n\n" % SSE_RETRY_MS
         try:
             async for event in rt.delivery.subscribe(conversation_id, last_event_id):
                 if rt.draining:
