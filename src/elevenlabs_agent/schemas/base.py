@@ -19,7 +19,16 @@ from elevenlabs_agent import limits
 from elevenlabs_agent.errors import InvalidInput
 
 # Patterns are Python's `\A…\Z` form (msgspec runs `re.search`); http/openapi.py writes them as `^…$`.
-Id = Annotated[str, msgspec.Meta(pattern=limits.ID_REGEX.pattern)]
+# The pattern bounds the length; min/max are only said in the document (no second check per field).
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=limits.ID_REGEX.pattern,
+        extra_json_schema={"minLength": 1, "maxLength": limits.ID_MAX_LENGTH},
+        description=f"An id that becomes part of a Redis key name: {limits.ID_RULE} "
+        "(starting with a letter or digit). Anything else is a 400.",
+    ),
+]
 # An empty string means "absent" here (what ElevenLabs sends for an unmapped dynamic variable).
 OptionalId = (
     Annotated[str, msgspec.Meta(pattern=limits.OPTIONAL_ID_REGEX.pattern, description="Empty means absent.")] | None
