@@ -179,17 +179,12 @@ class AgentConversation(Struct):
     agentId: str | UnsetType = UNSET
 
 
-class ConversationResponse(Struct):
+# kw_only: required fields after the conversation's optional agentId.
+class ConversationResponse(AgentConversation, kw_only=True):
     """The conversation's fields at the top level, and again under `conversation`."""
 
     success: Literal[True]
     conversation: AgentConversation
-    conversationId: str
-    messages: list[AgentMessage]
-    createdAt: Timestamp
-    lastAccessedAt: Timestamp
-    metadata: dict[str, Any]
-    agentId: str | UnsetType = UNSET
 
 
 PageSize = Annotated[int, Meta(ge=1, le=limits.MAX_PAGE)]
