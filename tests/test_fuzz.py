@@ -39,8 +39,8 @@ from starlette.routing import Route
 from elevenlabs_agent import events
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.errors import ServiceError
-from elevenlabs_agent.http.routes import MAX_ACK_IDS, MAX_OFFSET, MAX_PAGE, ROUTES
-from elevenlabs_agent.limits import ID_PATTERN, TOOL_NAME_PATTERN, is_valid_id
+from elevenlabs_agent.http.routes import ROUTES
+from elevenlabs_agent.limits import ID_PATTERN, MAX_ACK_IDS, MAX_OFFSET, MAX_PAGE, TOOL_NAME_PATTERN, is_valid_id
 from elevenlabs_agent.schemas.conversations import RESERVED_CONVERSATION_IDS, parse_message
 from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall
 from elevenlabs_agent.stores import KEY_FAMILIES, aliases, conversations, locks, outbox, ratelimits, sessions, tasks

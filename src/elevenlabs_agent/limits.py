@@ -1,7 +1,7 @@
 """What the service accepts, in one place: id and name shapes, sizes, page bounds, and the wording of
-the errors that name them. The stores, the request models (schemas/), the HTTP layer and the OpenAPI
-document all read these, so a limit cannot differ between the code that enforces it and the document
-that describes it.
+the errors that name them; and the few figures the HTTP layer promises its clients. The stores, the
+request models (schemas/), the HTTP layer and the OpenAPI document all read these, so a limit cannot
+differ between the code that enforces it and the document that describes it.
 
 Ids become parts of Redis key names. A `*`, `?`, `[`, `:`, `{`, space or newline in a key name would
 break SCAN patterns, hash tags or an operator's `redis-cli` line, so only a conservative charset is
@@ -27,13 +27,15 @@ TOOL_NAME_PATTERN = f"^{TOOL_NAME_CHARS}{{1,{TOOL_NAME_MAX_LENGTH}}}$"
 TOOL_NAME_RULE = f"1-{TOOL_NAME_MAX_LENGTH} characters of letters, digits, '_', '.', '-'"
 
 # A Redis stream entry id "<ms>[-<seq>]" (the SSE event ids); each part below 2**64.
-STREAM_ID_PATTERN = "^[0-9]{1,20}(-[0-9]{1,20})?$"
+STREAM_ID_CHARS = "[0-9]{1,20}(-[0-9]{1,20})?"
+STREAM_ID_PATTERN = f"^{STREAM_ID_CHARS}$"
+OPTIONAL_STREAM_ID_PATTERN = f"^({STREAM_ID_CHARS})?$"  # the Last-Event-ID header: empty is not resuming
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 MAX_PROMPT_CHARS = 50_000
 MAX_CONTENT_CHARS = 100_000
 MAX_METADATA_BYTES = 16_384
-MAX_SHORT_TEXT = 128  # agentId, sessionId: free-form strings kept in a session hash
+MAX_SHORT_TEXT = 128  # agentId: a free-form string kept in the conversation
 MAX_URL_LENGTH = 4096
 
 DEFAULT_PAGE = 20
@@ -47,6 +49,13 @@ DEFAULT_MAX_CALLBACK_BODY_BYTES = 16 * 1_048_576
 MAX_JSON_DEPTH = 32
 
 NOT_AN_OBJECT = "body must be a JSON object"
+
+# A request header kept for logs or CORS (X-Request-ID, Origin): longer or unprintable is ignored.
+MAX_HEADER_VALUE_LENGTH = 128
+# What the routes send and the OpenAPI document says: the SSE reconnection delay, how long a browser
+# keeps relay.js before revalidating it (a deploy reaches every page within that time).
+SSE_RETRY_MS = 3000
+WEB_ASSET_MAX_AGE_SECONDS = 300
 
 
 def is_valid_id(value: object) -> bool:

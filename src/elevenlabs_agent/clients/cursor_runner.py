@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -24,9 +24,13 @@ class DispatchResult:
     detail: str = ""
 
 
+# GET /health of cursor-runner: 2xx, another HTTP answer, no answer.
+RunnerState = Literal["connected", "unhealthy", "disconnected"]
+
+
 @dataclass(frozen=True)
 class Probe:
-    state: str  # "connected" | "unhealthy" | "disconnected"
+    state: RunnerState
     detail: str
 
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.http.access import BrowserAuth, Group, Identity, Refusal, group_of, header
 from elevenlabs_agent.http.errors import EXCEPTION_HANDLERS, error_response
+from elevenlabs_agent.limits import MAX_HEADER_VALUE_LENGTH
 from elevenlabs_agent.logging import get_logger
 
 log = get_logger()
@@ -217,4 +218,4 @@ async def _serve(route: Route, scope: Scope, receive: Receive, send: Send) -> No
 def _header(scope: Scope, name: bytes) -> str | None:
     """A short printable header value (request id, Origin), or None."""
     text = header(scope, name)
-    return text if text is not None and 0 < len(text) <= 128 and text.isprintable() else None
+    return text if text is not None and 0 < len(text) <= MAX_HEADER_VALUE_LENGTH and text.isprintable() else None

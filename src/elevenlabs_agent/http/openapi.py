@@ -18,6 +18,7 @@ import orjson
 from elevenlabs_agent import SERVICE_NAME, __version__, limits
 from elevenlabs_agent.http.access import TOKEN_COOKIE
 from elevenlabs_agent.http.openapi_paths import Schema, paths, ref
+from elevenlabs_agent.schemas.base import Id
 from elevenlabs_agent.schemas.conversations import (
     RESERVED_CONVERSATION_IDS,
     BrowserSignIn,
@@ -77,21 +78,14 @@ SECURITY_SCHEMES: dict[str, Schema] = {
 def schemas() -> dict[str, Schema]:
     """The body schemas, generated from the models, and the id schemas the paths' parameters use."""
     _, generated = msgspec.json.schema_components((*REQUESTS, *RESPONSES), ref_template=_REF + "{name}")
-    return {
-        **_inline(generated, {model.__name__ for model in NESTED}),
-        "Id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": limits.ID_MAX_LENGTH,
-            "pattern": limits.ID_PATTERN,
-            "description": f"An id that becomes part of a Redis key name: {limits.ID_RULE} "
-            "(starting with a letter or digit). Anything else is a 400.",
-        },
-        "ConversationId": {
-            "description": "An Id other than the route names `list`, `new` and `ws` (no conversation can have them).",
-            "allOf": [ref("Id"), {"not": {"enum": sorted(RESERVED_CONVERSATION_IDS)}}],
-        },
+    *others, last = (f"`{name}`" for name in sorted(RESERVED_CONVERSATION_IDS))
+    conversation_id = {
+        "description": f"An Id other than the route names {', '.join(others)} and {last} "
+        "(no conversation can have them).",
+        "allOf": [ref("Id"), {"not": {"enum": sorted(RESERVED_CONVERSATION_IDS)}}],
     }
+    components = {**generated, "Id": msgspec.json.schema(Id), "ConversationId": conversation_id}
+    return _inline(components, {model.__name__ for model in NESTED})
 
 
 def _inline(components: dict[str, Schema], names: set[str]) -> dict[str, Schema]:

@@ -5,14 +5,17 @@ bodies are named components generated from schemas/."""
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
+import msgspec
+
 from elevenlabs_agent import limits
+from elevenlabs_agent.clients.elevenlabs import SIGNED_URL_VALIDITY
 from elevenlabs_agent.http.access import AUTH_PATH, Group, group_of
-from elevenlabs_agent.services import conversations
+from elevenlabs_agent.schemas.conversations import ListQuery
 
 Schema = dict[str, Any]
-OPTIONAL_STREAM_ID_PATTERN = f"^({limits.STREAM_ID_PATTERN[1:-1]})?$"  # empty: not resuming
 
 
 def ref(name: str) -> Schema:
@@ -43,6 +46,20 @@ _BODY_ERRORS = {
 
 def _conversation_id() -> Schema:
     return {"name": "conversation_id", "in": "path", "required": True, "schema": ref("ConversationId")}
+
+
+def _query_parameters(query: type[msgspec.Struct]) -> list[Schema]:
+    """The fields of a query model as parameters. A string enum also takes "" (its default)."""
+    _, components = msgspec.json.schema_components([query])
+    parameters = []
+    for name, schema in components[query.__name__]["properties"].items():
+        description = schema.pop("description", None)
+        if "enum" in schema:
+            schema["enum"] = ["", *schema["enum"]]
+        parameters.append({"name": name, "in": "query", "schema": schema})
+        if description:
+            parameters[-1]["description"] = description
+    return parameters
 
 
 def _web_asset_headers() -> dict[str, Schema]:
@@ -122,7 +139,8 @@ _PATHS: dict[str, Schema] = {
     },
     "/signed-url": {
         "get": {
-            "summary": "A signed ElevenLabs conversation URL (valid 15 minutes) for a private agent",
+            "summary": "A signed ElevenLabs conversation URL "
+            f"(valid {SIGNED_URL_VALIDITY // timedelta(minutes=1)} minutes) for a private agent",
             "parameters": [
                 {
                     "name": "agentId",
@@ -190,7 +208,8 @@ _PATHS: dict[str, Schema] = {
             "description": "`startRelay({baseUrl, conversationId, conversation, speak, onResult})` forwards each "
             "result of the conversation's event stream into the live ElevenLabs session "
             "(`sendContextualUpdate`), then acknowledges it. Served with the feature flag off too (a page "
-            "importing it must still load). Cached 5 minutes (`Cache-Control`), then revalidated with the "
+            f"importing it must still load). Cached {limits.WEB_ASSET_MAX_AGE_SECONDS // 60} minutes "
+            "(`Cache-Control`), then revalidated with the "
             "`ETag` (service version and content hash): `If-None-Match` with it answers 304.",
             "responses": {
                 "200": {
@@ -220,35 +239,7 @@ _PATHS: dict[str, Schema] = {
             "summary": "Conversations in the order asked for (newest first by default)",
             "description": "Each order is a range read of a Redis sorted set. Ties in messageCount are in "
             "conversation id order.",
-            "parameters": [
-                {
-                    "name": "sortBy",
-                    "in": "query",
-                    "description": "Empty or absent: createdAt. Anything else is a 400 naming the allowed values.",
-                    "schema": {"enum": ["", *conversations.SORT_BY], "default": "createdAt"},
-                },
-                {
-                    "name": "sortOrder",
-                    "in": "query",
-                    "description": "Empty or absent: desc.",
-                    "schema": {"enum": ["", *conversations.SORT_ORDERS], "default": "desc"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": limits.MAX_PAGE,
-                        "default": limits.DEFAULT_PAGE,
-                    },
-                },
-                {
-                    "name": "offset",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": limits.MAX_OFFSET, "default": 0},
-                },
-            ],
+            "parameters": _query_parameters(ListQuery),
             "responses": {
                 "200": _json(ref("ConversationList"), "A page of conversations"),
                 "400": _error("BadRequest"),
@@ -329,7 +320,8 @@ _PATHS: dict[str, Schema] = {
     "/agent-conversations/api/{conversation_id}/events": {
         "get": {
             "summary": "Server-Sent Events: task updates of the conversation (relay channel)",
-            "description": "Starts with `retry: 3000`; each result is `id: <stream id>`, `event: task_update`, "
+            "description": f"Starts with `retry: {limits.SSE_RETRY_MS}`; each result is `id: <stream id>`, "
+            "`event: task_update`, "
             "`data: <JSON>`; `: keep-alive` comments every SSE_KEEPALIVE_SECONDS. Results not yet "
             "acknowledged are sent again to every new subscriber. Resumable with `Last-Event-ID`.",
             "parameters": [
@@ -339,7 +331,7 @@ _PATHS: dict[str, Schema] = {
                     "in": "header",
                     "required": False,
                     "description": "An event id this stream sent (empty: not resuming).",
-                    "schema": {"type": "string", "pattern": OPTIONAL_STREAM_ID_PATTERN},
+                    "schema": {"type": "string", "pattern": limits.OPTIONAL_STREAM_ID_PATTERN},
                 },
                 {
                     "name": "lastEventId",

@@ -3,8 +3,8 @@
 msgspec validates types and constraints (patterns, lengths, enums); its error text ("Expected `str`,
 got `int` - at `$.role`") is replaced here by the service's own sentences, which clients and tests
 rely on. A model words its fields in `ERRORS`: one sentence for any error of a field, or a pair
-(wrong type, broken constraint). A check msgspec cannot express is made in the model's
-`__post_init__`, whose ValueError text is used as it is.
+(wrong type or length, any other broken constraint such as a pattern). A check msgspec cannot
+express is made in the model's `__post_init__`, whose ValueError text is used as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ from elevenlabs_agent import limits
 from elevenlabs_agent.errors import InvalidInput
 
 # Patterns are Python's `\A…\Z` form (msgspec runs `re.search`); http/openapi.py writes them as `^…$`.
-Id = Annotated[str, msgspec.Meta(pattern=limits.ID_REGEX.pattern)]
+# The pattern bounds the length; min/max are only said in the document (no second check per field).
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=limits.ID_REGEX.pattern,
+        extra_json_schema={"minLength": 1, "maxLength": limits.ID_MAX_LENGTH},
+        description=f"An id that becomes part of a Redis key name: {limits.ID_RULE} "
+        "(starting with a letter or digit). Anything else is a 400.",
+    ),
+]
 # An empty string means "absent" here (what ElevenLabs sends for an unmapped dynamic variable).
 OptionalId = (
     Annotated[str, msgspec.Meta(pattern=limits.OPTIONAL_ID_REGEX.pattern, description="Empty means absent.")] | None
@@ -72,14 +81,14 @@ def error_message(model: type[Model], body: dict[str, Any], text: str, check: Fi
         try:
             msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
-            return _worded(model, field.name, type_error=_is_type_error(str(exc)))
+            return _worded(model, field.name, type_error=_is_type_or_length_error(str(exc)))
         if error := model.field_error(field.name, value) or (check and check(field.name, value)):
             return error
     return _PATH.sub("", text)
 
 
-def _is_type_error(text: str) -> bool:
-    return text.startswith("Expected `") and "`, got `" in text
+def _is_type_or_length_error(text: str) -> bool:
+    return text.startswith("Expected `") and ("`, got `" in text or "` of length " in text)
 
 
 def _worded(model: type[Model], name: str, *, type_error: bool) -> str:

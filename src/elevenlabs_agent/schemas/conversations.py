@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 import msgspec
 import orjson
@@ -12,6 +13,7 @@ from msgspec import Meta
 from elevenlabs_agent import limits
 from elevenlabs_agent.errors import InvalidInput
 from elevenlabs_agent.schemas.base import Id, Model, decode
+from elevenlabs_agent.stores.conversations import SORT_INDEXES
 
 Role = Literal["assistant", "system", "tool", "user"]
 Source = Literal["system_event", "text", "tool_output", "voice"]
@@ -20,7 +22,6 @@ Transport = Literal["webrtc", "websocket"]
 ROLES = frozenset(get_args(Role))
 SOURCES = frozenset(get_args(Source))
 STATUSES = frozenset(get_args(Status))
-TRANSPORTS = frozenset(get_args(Transport))
 # Path segments of the conversations API that an id would be shadowed by.
 RESERVED_CONVERSATION_IDS = frozenset({"list", "new", "ws"})
 _DIGITS = re.compile(r"[0-9]{1,20}")
@@ -118,6 +119,10 @@ _SESSION_METADATA = {
 }
 
 
+# One sentence for any of the three ids a registration makes aliases of.
+_SESSION_IDS_RULE = "session and ElevenLabs conversation ids must be " + limits.ID_RULE
+
+
 class SessionRegistration(Model):
     sessionUrl: Annotated[
         str,
@@ -139,8 +144,18 @@ class SessionRegistration(Model):
         | None
     ) = None
     transport: Transport | None = None
-    sessionId: ShortText = None
-    agentSessionId: ShortText = None
+    sessionId: (
+        Annotated[
+            str,
+            Meta(
+                max_length=limits.ID_MAX_LENGTH,
+                pattern=limits.OPTIONAL_ID_REGEX.pattern,
+                description="Empty or absent: a new UUID.",
+            ),
+        ]
+        | None
+    ) = None
+    agentSessionId: Annotated[str, Meta(max_length=limits.ID_MAX_LENGTH, pattern=limits.ID_REGEX.pattern)] | None = None
     expiresAt: str | int | float | None = None
     metadata: (
         Annotated[
@@ -156,8 +171,8 @@ class SessionRegistration(Model):
     ERRORS: ClassVar[dict[str, str | tuple[str, str]]] = {
         "sessionUrl": "sessionUrl is required",
         "pushUrl": _at_most("pushUrl", limits.MAX_URL_LENGTH),
-        "sessionId": _at_most("sessionId", limits.MAX_SHORT_TEXT),
-        "agentSessionId": _at_most("agentSessionId", limits.MAX_SHORT_TEXT),
+        "sessionId": (_at_most("sessionId", limits.ID_MAX_LENGTH), _SESSION_IDS_RULE),
+        "agentSessionId": (_at_most("agentSessionId", limits.ID_MAX_LENGTH), _SESSION_IDS_RULE),
         "expiresAt": "expiresAt must be a string or a number",
         "transport": "transport must be 'websocket' or 'webrtc'",
         "metadata": "metadata must be an object",
@@ -165,13 +180,12 @@ class SessionRegistration(Model):
 
     def __post_init__(self) -> None:
         _check_metadata(self.metadata)
+        # Inside free-form metadata, so no field type can say it: the one id checked by hand.
         eleven_id = self.eleven_conversation_id
         if eleven_id is not None and not isinstance(eleven_id, str):
             raise ValueError("metadata.elevenConversationId must be a string")
-        # "" sessionId means "make one up"; any other id given must be usable in a key name.
-        given = [a for a in (eleven_id, self.sessionId or None, self.agentSessionId) if a is not None]
-        if not all(limits.is_valid_id(a) for a in given):
-            raise ValueError("session and ElevenLabs conversation ids must be " + limits.ID_RULE)
+        if eleven_id is not None and not limits.is_valid_id(eleven_id):
+            raise ValueError(_SESSION_IDS_RULE)
 
     @property
     def eleven_conversation_id(self) -> Any:
@@ -192,15 +206,49 @@ class BrowserSignIn(Model):
     ERRORS: ClassVar[dict[str, str | tuple[str, str]]] = {"token": NOT_OBJECT}
 
 
-def page(limit_text: str, offset_text: str) -> tuple[int, int]:
-    """`(offset, limit)` of a list query."""
-    # ASCII digits only: int() would also take " 5", "1_0" and non-ASCII digits.
-    if not (_DIGITS.fullmatch(limit_text) and _DIGITS.fullmatch(offset_text)):
-        raise InvalidInput("limit and offset must be integers")
-    limit, offset = int(limit_text), int(offset_text)
-    if not 1 <= limit <= limits.MAX_PAGE or not 0 <= offset <= limits.MAX_OFFSET:
-        raise InvalidInput(f"limit must be 1-{limits.MAX_PAGE} and offset 0-{limits.MAX_OFFSET}")
-    return offset, limit
+if TYPE_CHECKING:
+    SortBy = str
+else:
+    # The store's indexes are the orders there are: the Literal is made from them, not restated.
+    SortBy = Literal[tuple(SORT_INDEXES)]
+SortOrder = Literal["asc", "desc"]
+_PAGE_PARAMETERS = ("limit", "offset")
+
+
+class ListQuery(msgspec.Struct, frozen=True):
+    """The query of `GET /agent-conversations/api/list` (SPEC §3.1): a page, in the order asked for.
+    An empty sortBy or sortOrder means its default."""
+
+    sortBy: Annotated[
+        SortBy, Meta(description="Empty or absent: createdAt. Anything else is a 400 naming the allowed values.")
+    ] = "createdAt"
+    sortOrder: Annotated[SortOrder, Meta(description="Empty or absent: desc.")] = "desc"
+    limit: Annotated[int, Meta(ge=1, le=limits.MAX_PAGE)] = limits.DEFAULT_PAGE
+    offset: Annotated[int, Meta(ge=0, le=limits.MAX_OFFSET)] = 0
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> ListQuery:
+        """The query from its parameters, or InvalidInput: limit and offset first, then sortBy, sortOrder."""
+        given: dict[str, Any] = {name: params[name] for name in _PAGE_PARAMETERS if name in params}
+        # ASCII digits only: int() would also take " 5", "1_0" and non-ASCII digits, msgspec "5.0".
+        if not all(_DIGITS.fullmatch(text) for text in given.values()):
+            raise InvalidInput("limit and offset must be integers")
+        given = {name: int(text) for name, text in given.items()}
+        given.update((name, params[name]) for name in ("sortBy", "sortOrder") if params.get(name))
+        try:
+            return msgspec.convert(given, cls)
+        except msgspec.ValidationError as exc:
+            message, extra = _list_query_error(str(exc))
+            raise InvalidInput(message, **extra) from None
+
+
+def _list_query_error(text: str) -> tuple[str, dict[str, Any]]:
+    """The message of msgspec's first error (in limit, offset, sortBy, sortOrder order) and its extra."""
+    name = text.rsplit("$.", 1)[-1].rstrip("`")
+    if name in _PAGE_PARAMETERS:
+        return f"limit must be 1-{limits.MAX_PAGE} and offset 0-{limits.MAX_OFFSET}", {}
+    allowed = list(get_args(SortOrder) if name == "sortOrder" else SORT_INDEXES)
+    return f"{name} must be one of: " + ", ".join(allowed), {"allowed": allowed}
 
 
 def valid_last_event_id(value: str | None) -> str | None:

@@ -3,25 +3,26 @@ response components are generated from these; the fuzz suite checks every answer
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from elevenlabs_agent import limits
+from elevenlabs_agent import SERVICE_NAME, limits
+from elevenlabs_agent.clients import cursor_runner
 from elevenlabs_agent.schemas.conversations import Role, Source, Status
 
 Timestamp = Annotated[str, Meta(description="ISO 8601, UTC")]
 NonNegative = Annotated[float, Meta(ge=0)]
 Count = Annotated[int, Meta(ge=0)]
-Service = Literal["elevenlabs-agent"]  # SERVICE_NAME
+# Strings with an enum in the document: a Literal cannot be made of a constant (SERVICE_NAME) for
+# the type checker, and msgspec would sort the runner's states (documented in the probe's order).
+Service = Annotated[str, Meta(extra_json_schema={"enum": [SERVICE_NAME]})]
 Connection = Literal["connected", "disconnected"]
-RUNNER_STATES = ("connected", "unhealthy", "disconnected")
-# A string with an enum in the document, in this order (msgspec sorts a Literal's values).
 RunnerState = Annotated[
     str,
     Meta(
         description="GET /health of cursor-runner: 2xx, another HTTP answer, no answer.",
-        extra_json_schema={"enum": list(RUNNER_STATES)},
+        extra_json_schema={"enum": list(get_args(cursor_runner.RunnerState))},
     ),
 ]
 
@@ -178,17 +179,12 @@ class AgentConversation(Struct):
     agentId: str | UnsetType = UNSET
 
 
-class ConversationResponse(Struct):
+# kw_only: required fields after the conversation's optional agentId.
+class ConversationResponse(AgentConversation, kw_only=True):
     """The conversation's fields at the top level, and again under `conversation`."""
 
     success: Literal[True]
     conversation: AgentConversation
-    conversationId: str
-    messages: list[AgentMessage]
-    createdAt: Timestamp
-    lastAccessedAt: Timestamp
-    metadata: dict[str, Any]
-    agentId: str | UnsetType = UNSET
 
 
 PageSize = Annotated[int, Meta(ge=1, le=limits.MAX_PAGE)]

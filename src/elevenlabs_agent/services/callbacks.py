@@ -28,7 +28,7 @@ from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.tasks import Completion, Task, TaskStore, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
-__all__ = ["REDIS_UNREACHABLE", "CallbackBody", "CallbackService", "Outcome"]
+__all__ = ["REDIS_UNREACHABLE", "CallbackService", "Outcome"]
 
 log = get_logger()
 # Redis could not be reached or could not take the write now (refused, reset, timeout, cluster or a

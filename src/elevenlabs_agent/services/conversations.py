@@ -12,23 +12,18 @@ import orjson
 from elevenlabs_agent import events
 from elevenlabs_agent.errors import Conflict, InvalidInput, NotFound
 from elevenlabs_agent.logging import get_logger
-from elevenlabs_agent.schemas.base import decode
 from elevenlabs_agent.schemas.conversations import (
+    ListQuery,
     NewConversation,
     SessionRegistration,
-    parse_message,
-    require_id,
 )
 from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.stores.aliases import AliasStore
-from elevenlabs_agent.stores.conversations import SORT_INDEXES, Conversation, ConversationFull, ConversationStore
+from elevenlabs_agent.stores.conversations import Conversation, ConversationFull, ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.timeutil import now_iso
 from elevenlabs_agent.url_policy import check_url
-
-SORT_ORDERS = ("asc", "desc")
-SORT_BY = tuple(SORT_INDEXES)
 
 log = get_logger()
 
@@ -56,8 +51,7 @@ class ConversationService:
         self.delivery = delivery
         self.allowed_hosts = allowed_hosts
 
-    async def create(self, body: Any) -> Conversation:
-        new = decode(NewConversation, body)
+    async def create(self, new: NewConversation) -> Conversation:
         conversation_id = new.conversationId or str(uuid.uuid4())
         if not await self.conversations.create(
             conversation_id, now=now_iso(), agent_id=new.agentId, metadata=new.metadata or {}
@@ -66,38 +60,31 @@ class ConversationService:
         return await self.get(conversation_id)
 
     async def get(self, conversation_id: str) -> Conversation:
-        conversation = await self.conversations.get(require_id(conversation_id))
+        conversation = await self.conversations.get(conversation_id)
         if conversation is None:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return conversation
 
-    async def list(
-        self, offset: int, limit: int, sort_by: str | None = None, sort_order: str | None = None
-    ) -> tuple[list[Conversation], int]:
-        """A page in the order the front end asks for (SPEC §3.1); absent or empty = newest first."""
-        sort_by = sort_by or "createdAt"
-        sort_order = sort_order or "desc"
-        if sort_by not in SORT_INDEXES:
-            raise InvalidInput("sortBy must be one of: " + ", ".join(SORT_BY), allowed=list(SORT_BY))
-        if sort_order not in SORT_ORDERS:
-            raise InvalidInput("sortOrder must be one of: " + ", ".join(SORT_ORDERS), allowed=list(SORT_ORDERS))
+    async def list(self, query: ListQuery) -> tuple[list[Conversation], int]:
+        """A page in the order the front end asks for (SPEC §3.1)."""
         return await self.conversations.list(
-            offset=offset, limit=limit, sort_by=sort_by, descending=sort_order == "desc"
+            offset=query.offset, limit=query.limit, sort_by=query.sortBy, descending=query.sortOrder == "desc"
         )
 
-    async def append(self, conversation_id: str, body: Any) -> dict[str, Any]:
-        message = parse_message(body)
-        message["timestamp"] = now_iso()
+    async def append(self, conversation_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Store a client's message (parse_message's AgentMessage), stamped now."""
+        message = {**message, "timestamp": now_iso()}
         try:
-            stored = await self.conversations.append_message(require_id(conversation_id), message, message["timestamp"])
+            stored = await self.conversations.append_message(conversation_id, message, message["timestamp"])
         except ConversationFull:
             raise Conflict("the conversation holds the maximum number of messages") from None
         if not stored:
             raise NotFound("conversation not found", conversationId=conversation_id)
         return message
 
-    def _url_error(self, name: str, value: Any) -> str | None:
-        """The SSRF guard on a registered URL (url_policy.py)."""
+    def url_error(self, name: str, value: Any) -> str | None:
+        """The SSRF guard on a registered URL (url_policy.py); a FieldCheck for decoding a
+        SessionRegistration, so its error is reported in field order."""
         why = (
             check_url(value, self.allowed_hosts)
             if name in ("sessionUrl", "pushUrl") and isinstance(value, str)
@@ -105,12 +92,10 @@ class ConversationService:
         )
         return None if why is None else f"{name} rejected: {why}"
 
-    async def register_session(self, conversation_id: str, body: Any) -> Registration:
-        require_id(conversation_id)
-        registration = decode(SessionRegistration, body, self._url_error)
+    async def register_session(self, conversation_id: str, registration: SessionRegistration) -> Registration:
         session_url, push_url = registration.sessionUrl, registration.pushUrl
         for name, url in (("sessionUrl", session_url), ("pushUrl", push_url)):
-            if (error := self._url_error(name, url)) is not None:
+            if (error := self.url_error(name, url)) is not None:
                 raise InvalidInput(error)
         transport, expires_at = registration.transport, registration.expiresAt
         session_id = registration.sessionId or str(uuid.uuid4())

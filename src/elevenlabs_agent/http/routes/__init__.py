@@ -10,9 +10,6 @@ from starlette.routing import Route, WebSocketRoute
 
 from elevenlabs_agent.http.access import AUTH_PATH
 from elevenlabs_agent.http.routes import browser, live, probes, webhooks
-from elevenlabs_agent.limits import MAX_ACK_IDS, MAX_OFFSET, MAX_PAGE
-
-__all__ = ["MAX_ACK_IDS", "MAX_OFFSET", "MAX_PAGE", "METRICS_ROUTE", "METRICS_ROUTES", "ROUTES"]
 
 METRICS_ROUTE = Route("/metrics", probes.metrics_endpoint)
 METRICS_ROUTES = [Route("/health", probes.health), Route("/ready", probes.ready), METRICS_ROUTE]

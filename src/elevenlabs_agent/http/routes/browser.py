@@ -17,10 +17,19 @@ from elevenlabs_agent.http.access import TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
 from elevenlabs_agent.http.routes.base import runtime_of
-from elevenlabs_agent.limits import DEFAULT_PAGE
+from elevenlabs_agent.limits import SSE_RETRY_MS
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
-from elevenlabs_agent.schemas.conversations import BrowserSignIn, EventsAck, page, require_id, valid_last_event_id
+from elevenlabs_agent.schemas.conversations import (
+    BrowserSignIn,
+    EventsAck,
+    ListQuery,
+    NewConversation,
+    SessionRegistration,
+    parse_message,
+    require_id,
+    valid_last_event_id,
+)
 
 log = get_logger()
 
@@ -56,10 +65,9 @@ async def login(request: Request) -> Response:
 
 
 async def list_conversations(request: Request) -> Response:
-    offset, limit = page(request.query_params.get("limit", str(DEFAULT_PAGE)), request.query_params.get("offset", "0"))
-    conversations, total = await runtime_of(request).conversations.list(
-        offset, limit, request.query_params.get("sortBy"), request.query_params.get("sortOrder")
-    )
+    query = ListQuery.parse(request.query_params)
+    conversations, total = await runtime_of(request).conversations.list(query)
+    offset, limit = query.offset, query.limit
     return JSONResponse(
         {
             "success": True,
@@ -78,7 +86,7 @@ async def new_conversation(request: Request) -> Response:
     body: Any = {}
     if request.headers.get("content-length", "0") != "0" or request.headers.get("transfer-encoding"):
         body = await read_json(request, rt.settings.max_body_bytes)
-    conversation = await rt.conversations.create(body)
+    conversation = await rt.conversations.create(decode(NewConversation, body))
     return JSONResponse(
         {"success": True, "conversation": conversation.to_public(), **conversation.to_public()},
         status_code=201,
@@ -86,30 +94,33 @@ async def new_conversation(request: Request) -> Response:
 
 
 async def get_conversation(request: Request) -> Response:
-    conversation = await runtime_of(request).conversations.get(request.path_params["conversation_id"])
+    conversation_id = require_id(request.path_params["conversation_id"])
+    conversation = await runtime_of(request).conversations.get(conversation_id)
     return JSONResponse({"success": True, "conversation": conversation.to_public(), **conversation.to_public()})
 
 
 async def append_message(request: Request) -> Response:
     rt = runtime_of(request)
     conversation_id = require_id(request.path_params["conversation_id"])
-    message = await rt.conversations.append(conversation_id, await read_json(request, rt.settings.max_body_bytes))
-    return JSONResponse({"success": True, "message": message}, status_code=201)
+    message = parse_message(await read_json(request, rt.settings.max_body_bytes))
+    stored = await rt.conversations.append(conversation_id, message)
+    return JSONResponse({"success": True, "message": stored}, status_code=201)
 
 
 async def register_session(request: Request) -> Response:
     rt = runtime_of(request)
     conversation_id = require_id(request.path_params["conversation_id"])
     structlog.contextvars.bind_contextvars(conversationId=conversation_id)
-    registration = await rt.conversations.register_session(
-        conversation_id, await read_json(request, rt.settings.max_body_bytes)
+    body = await read_json(request, rt.settings.max_body_bytes)
+    registered = await rt.conversations.register_session(
+        conversation_id, decode(SessionRegistration, body, rt.conversations.url_error)
     )
     return JSONResponse(
         {
             "success": True,
             "message": "Session registered",
-            "sessionId": registration.session_id,
-            "pendingResults": registration.pending_results,
+            "sessionId": registered.session_id,
+            "pendingResults": registered.pending_results,
         }
     )
 
@@ -131,7 +142,7 @@ async def events_stream(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         metrics.SSE_SUBSCRIBERS.inc()
-        yield b"retry: 3000\n\n"
+        yield b"retry: %d\n\n" % SSE_RETRY_MS
         try:
             async for event in rt.delivery.subscribe(conversation_id, last_event_id):
                 if rt.draining:

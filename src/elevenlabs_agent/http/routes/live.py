@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from elevenlabs_agent import __version__, events, metrics
 from elevenlabs_agent.errors import InvalidInput, NotFound, UpgradeRequired
-from elevenlabs_agent.limits import is_valid_id, must_be_id
+from elevenlabs_agent.limits import WEB_ASSET_MAX_AGE_SECONDS, is_valid_id, must_be_id
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.schemas.conversations import RESERVED_CONVERSATION_IDS, require_id
@@ -41,8 +41,8 @@ class WebAsset:
     headers: dict[str, str]
 
 
-# Cached for 5 minutes, then revalidated by ETag: a deploy reaches every page within that time.
-WEB_ASSET_CACHE_CONTROL = "public, max-age=300"
+# Cached for a while, then revalidated by ETag.
+WEB_ASSET_CACHE_CONTROL = f"public, max-age={WEB_ASSET_MAX_AGE_SECONDS}"
 
 
 def web_asset(name: str, media_type: str, **headers: str) -> WebAsset:
