@@ -18,21 +18,45 @@ def test_import_layers_hold(repo_root: Path) -> None:
     assert "0 broken" in result.stdout, result.stdout
 
 
-def test_services_leave_round_trips_to_the_stores(repo_root: Path) -> None:
-    """A service composes store batches; it never opens a pipeline or a Pub/Sub, reads or holds a
-    connection or decides cluster ordering (stores/batch.py does). Of redis-py it may name only the
-    exception types (the import-linter contract sees just `redis`, so this checks the submodule)."""
-    leak = re.compile(
-        # A connection held or reached (`self.tasks.redis`, `self.pubsub_redis`), not the
-        # `elevenlabs_agent.redis` package.
-        r"(?<!elevenlabs_agent)\.\w*redis\b|pipeline\(|\.pubsub\(|is_cluster"
-        r"|^\s*(from|import)\s+redis(?!\.exceptions\b)"
-    )
-    services = repo_root / "src" / "elevenlabs_agent" / "services"
+# A connection held or reached (`self.tasks.redis`, `self.pubsub_redis`, `rt.stores.tasks.redis`), not
+# the `elevenlabs_agent.redis` package; a pipeline, a Pub/Sub, cluster ordering; redis-py beyond its
+# exception types (the import-linter contract sees just `redis`, so this checks the submodule).
+LEAK = re.compile(
+    r"(?<!elevenlabs_agent)\.\w*redis\b|pipeline\(|\.pubsub\(|is_cluster"
+    r"|^\s*(from|import)\s+redis(?!\.exceptions\b)"
+)
+
+
+def leaks(directory: Path) -> tuple[int, list[str]]:
+    paths = sorted(directory.rglob("*.py"))
     found = [
         f"{path.name}:{number}: {line.strip()}"
-        for path in sorted(services.rglob("*.py"))
+        for path in paths
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if leak.search(line)
+        if LEAK.search(line)
     ]
-    assert not found, "\n".join(found)
+    return len(paths), found
+
+
+def test_the_leak_pattern_catches_what_it_names() -> None:
+    for line in (
+        "self.tasks.redis.get(k)",
+        "self.pubsub_redis.ping()",
+        "async with r.pipeline() as p:",
+        "from redis.asyncio import Redis",
+        "if is_cluster(client):",
+        "ps = client.pubsub()",
+    ):
+        assert LEAK.search(line), line
+    for line in ("from redis.exceptions import RedisError", "from elevenlabs_agent.redis.clients import x"):
+        assert not LEAK.search(line), line
+
+
+def test_services_and_routes_leave_round_trips_to_the_stores(repo_root: Path) -> None:
+    """A service composes store batches, and a route calls services: neither opens a pipeline or a
+    Pub/Sub, reads or holds a connection or decides cluster ordering (stores/batch.py does)."""
+    package = repo_root / "src" / "elevenlabs_agent"
+    for layer in ("services", "http"):
+        count, found = leaks(package / layer)
+        assert count >= 5, f"{layer}: only {count} modules: has the layer moved?"
+        assert not found, "\n".join(found)
