@@ -402,7 +402,8 @@ async def test_fuzz_operation(
     started = time.monotonic()
     observed = await asyncio.to_thread(fuzzer.run)
     elapsed = time.monotonic() - started
-    await asyncio.sleep(0.2)  # let callbacks the fake cursor-runner still sends land
+    await stack.runner.settled()  # the callbacks the fake cursor-runner still sends land
+    await stack.deliveries_settled()
 
     # An operation without inputs has one distinct case; every other one gets FUZZ_EXAMPLES per mode.
     assert observed.cases >= (FUZZ_EXAMPLES if fuzzer.has_inputs else 1), observed.statuses

@@ -131,6 +131,12 @@ class FakeCursorRunner:
                 except httpx.HTTPError as exc:
                     self.callbacks.append((0, {"error": type(exc).__name__}))
 
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Wait until every callback this runner still had to send has been answered."""
+        async with asyncio.timeout(timeout):
+            while self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def wait_callbacks(self, count: int, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
             while len(self.callbacks) < count:
