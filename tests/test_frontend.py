@@ -323,7 +323,16 @@ async def test_websocket_unknown_conversation_gets_an_error_frame_and_a_close(li
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
 
 
-@pytest.mark.parametrize("query", ["", "?conversationId=", "?conversationId=a%2Ab", "?conversationId=" + "x" * 200])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?conversationId=",
+        "?conversationId=a%2Ab",
+        "?conversationId=" + "x" * 200,
+        "?conversationId=a&conversationId=b",
+    ],
+)
 async def test_websocket_malformed_id_gets_an_error_frame(live_stack: Stack, query: str) -> None:
     async with connect_ws(f"{live_stack.service.ws_url}{API}/ws{query}") as ws:
         frame = await next_frame(ws)
@@ -359,6 +368,26 @@ async def test_websocket_route_as_plain_http_is_426(live_stack: Stack) -> None:
     body = assert_json_error(await live_stack.http.get(f"{API}/ws", params={"conversationId": "c1"}), 426)
     assert "WebSocket" in body["error"]
     assert_json_error(await live_stack.http.post(f"{API}/new", json={"conversationId": "ws"}), 400)
+
+
+async def test_a_repeated_query_parameter_is_400_naming_it_on_every_route_that_reads_one(live_stack: Stack) -> None:
+    """None of the API's query parameters is a list: `?x=a&x=b` must not quietly mean a or b (the fuzz
+    test found `GET …/ws?conversationId=<valid>&conversationId=<anything>` answered as valid)."""
+    stack = live_stack
+    conversation_id = await stack.create_conversation()
+    for path, query in [
+        (f"{API}/ws", "conversationId=c1&conversationId=c2"),
+        (f"{API}/list", "limit=5&limit=6"),
+        (f"{API}/list", "sortBy=createdAt&sortBy=messageCount"),
+        ("/signed-url", "agentId=a1&agentId=a2"),
+        (f"{API}/{conversation_id}/events", "lastEventId=1-0&lastEventId=2-0"),
+    ]:
+        name = query.split("=")[0]
+        body = assert_json_error(await stack.http.get(f"{path}?{query}"), 400)
+        assert body["error"] == f"{name} must be given once", (path, body)
+    # A parameter given once is unaffected; another parameter may sit beside it.
+    listed = await stack.http.get(f"{API}/list?limit=5&offset=0")
+    assert listed.status_code == 200, listed.text
 
 
 async def test_websocket_subscribers_gauge_counts_open_sockets(live_stack: Stack) -> None:

@@ -221,6 +221,11 @@ class Fuzzer:
             return headers
         if "conversation_id" in (case.path_parameters or {}) and data.draw(st.booleans(), label="live conv"):
             case.path_parameters["conversation_id"] = w.conversation_id
+            if self.path == SSE_PATH and data.draw(st.booleans(), label="open a stream"):
+                # Generated identities are mostly refused (401): some cases must reach an open stream.
+                case.query = {}
+                case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() == "accept"}
+                headers.update(BROWSER_IDENTITY)
         if body is None:
             return headers
         task_id, token = data.draw(st.sampled_from(w.tasks), label="task")

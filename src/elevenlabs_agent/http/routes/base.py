@@ -1,9 +1,12 @@
-"""What every route module shares: the runtime behind a request, the secret a caller presented."""
+"""What every route module shares: the runtime behind a request, the secret a caller presented, the
+query's parameters."""
 
 from __future__ import annotations
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
+from elevenlabs_agent.errors import InvalidInput
 from elevenlabs_agent.http.access import bearer
 from elevenlabs_agent.runtime import Runtime
 
@@ -18,3 +21,17 @@ def presented_secret(request: Request, *header_names: str) -> str | None:
         if value := request.headers.get(name):
             return value
     return bearer(request.scope)
+
+
+def query_of(params: QueryParams) -> dict[str, str]:
+    """The query's parameters, each with its one value. None of this API's parameters is a list, so a
+    repeated one is a 400 rather than a silent pick of one of its values (frameworks and proxies
+    differ on which they keep: `?conversationId=a&conversationId=b` must not mean either)."""
+    items = params.multi_items()
+    if len(items) != len(params):  # `len` counts distinct names
+        seen: set[str] = set()
+        for name, _ in items:
+            if name in seen:
+                raise InvalidInput(f"{name} must be given once")
+            seen.add(name)
+    return dict(items)

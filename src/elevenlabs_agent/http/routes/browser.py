@@ -16,7 +16,7 @@ from elevenlabs_agent.errors import InvalidInput, Unauthorized
 from elevenlabs_agent.http.access import TOKEN_COOKIE, BrowserAuth
 from elevenlabs_agent.http.errors import JSONResponse, read_json
 from elevenlabs_agent.http.middleware import identity_of
-from elevenlabs_agent.http.routes.base import runtime_of
+from elevenlabs_agent.http.routes.base import query_of, runtime_of
 from elevenlabs_agent.limits import SSE_RETRY_MS
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.base import decode
@@ -36,7 +36,7 @@ log = get_logger()
 
 async def signed_url(request: Request) -> Response:
     identity = identity_of(request.scope).ref
-    signed = await runtime_of(request).signed_urls.issue(request.query_params.get("agentId"), identity)
+    signed = await runtime_of(request).signed_urls.issue(query_of(request.query_params).get("agentId"), identity)
     expires = signed.expires_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return JSONResponse({"signedUrl": signed.url, "expiresAt": expires})
 
@@ -65,7 +65,7 @@ async def login(request: Request) -> Response:
 
 
 async def list_conversations(request: Request) -> Response:
-    query = ListQuery.parse(request.query_params)
+    query = ListQuery.parse(query_of(request.query_params))
     conversations, total = await runtime_of(request).conversations.list(query)
     offset, limit = query.offset, query.limit
     return JSONResponse(
@@ -136,7 +136,9 @@ async def acknowledge_events(request: Request) -> Response:
 async def events_stream(request: Request) -> Response:
     rt = runtime_of(request)
     conversation_id = require_id(request.path_params["conversation_id"])
-    last_event_id = valid_last_event_id(request.headers.get("last-event-id") or request.query_params.get("lastEventId"))
+    last_event_id = valid_last_event_id(
+        request.headers.get("last-event-id") or query_of(request.query_params).get("lastEventId")
+    )
     await rt.conversations.get(conversation_id)  # 404 for an unknown conversation
     log.info(events.SSE_CONNECTED, conversationId=conversation_id, resume=last_event_id is not None)
 

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from elevenlabs_agent import __version__, events, metrics
 from elevenlabs_agent.errors import InvalidInput, NotFound, UpgradeRequired
+from elevenlabs_agent.http.routes.base import query_of
 from elevenlabs_agent.limits import WEB_ASSET_MAX_AGE_SECONDS, is_valid_id, must_be_id
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
@@ -87,8 +88,13 @@ async def conversation_updates(websocket: WebSocket) -> None:
     every change made by any instance (services/live.py). Origin and the feature flag are checked at
     the edge (EdgeMiddleware) before this runs."""
     rt: Runtime = websocket.app.state.runtime
-    conversation_id = websocket.query_params.get("conversationId", "")
+    values = websocket.query_params.getlist("conversationId")
+    conversation_id = values[0] if len(values) == 1 else ""
     await websocket.accept()
+    if len(values) > 1:
+        metrics.WEBSOCKET_CONNECTIONS.labels("invalid_id").inc()
+        await _refuse(websocket, "", "conversationId must be given once", 1008)
+        return
     if not is_valid_id(conversation_id):
         metrics.WEBSOCKET_CONNECTIONS.labels("invalid_id").inc()
         await _refuse(
@@ -156,7 +162,7 @@ async def _refuse(websocket: WebSocket, conversation_id: str, error: str, code: 
 
 
 async def websocket_needs_upgrade(request: Request) -> Response:
-    conversation_id = require_id(request.query_params.get("conversationId", ""), "conversationId")
+    conversation_id = require_id(query_of(request.query_params).get("conversationId", ""), "conversationId")
     if conversation_id in RESERVED_CONVERSATION_IDS:
         raise InvalidInput(f"conversationId {conversation_id!r} is reserved")
     raise UpgradeRequired("this endpoint is a WebSocket: connect with an Upgrade: websocket handshake")

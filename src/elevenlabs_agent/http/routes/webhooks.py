@@ -11,7 +11,7 @@ from starlette.responses import Response
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.errors import Unauthorized, Unavailable
 from elevenlabs_agent.http.errors import JSONResponse, read_json
-from elevenlabs_agent.http.routes.base import presented_secret, runtime_of
+from elevenlabs_agent.http.routes.base import presented_secret, query_of, runtime_of
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall
 from elevenlabs_agent.services import speech
@@ -47,7 +47,7 @@ async def callback(request: Request) -> Response:
     rt = runtime_of(request)
     body = CallbackBody.parse(await read_json(request, rt.settings.max_callback_body_bytes))
     structlog.contextvars.bind_contextvars(taskId=body.request_id)
-    secret = presented_secret(request, "x-cursor-runner-secret", "x-webhook-secret") or request.query_params.get(
-        "secret"
-    )
+    secret = presented_secret(request, "x-cursor-runner-secret", "x-webhook-secret") or query_of(
+        request.query_params
+    ).get("secret")
     return JSONResponse(await rt.callbacks.handle(body, secret))
