@@ -85,6 +85,21 @@ async def start_tasks(stack: Stack, eleven_id: str, count: int) -> list[tuple[st
     return tasks
 
 
+async def assert_delivered_once_after_replay(stack: Stack, eleven_id: str, tasks: list[tuple[str, str, str]]) -> None:
+    """Once the spool is empty and the deliveries it started have settled, each task's result reached
+    the voice session exactly once (the replayer spawns deliveries as it goes)."""
+
+    async def drained() -> bool:
+        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
+
+    assert await poll(drained, 5)
+    await stack.deliveries_settled()
+    conversation = stack.elevenlabs.conversations.get(eleven_id)
+    assert conversation is not None
+    delivered = [u["context_id"] for u in conversation.contextual_updates]
+    assert sorted(delivered) == sorted(t for t, _, _ in tasks), "delivered more or less than once each"
+
+
 async def post(stack: Stack, url: str, secret: str, body: dict[str, Any]) -> httpx.Response:
     return await stack.http.post(url, json=body, headers={"X-Cursor-Runner-Secret": secret})
 
@@ -138,16 +153,7 @@ async def test_callbacks_during_a_redis_outage_are_spooled_then_recorded_and_del
     assert await poll(all_delivered, 20), "spooled results not delivered after Redis returned"
     print(f"\nRedis return -> last delivery: {time.monotonic() - returned_at:.2f} s (6 results, ping every 0.5 s)")
 
-    # The replayer spawns deliveries as it goes: settled means once it has nothing left.
-    async def drained() -> bool:
-        return (await stack.http.get("/health")).json()["callbackSpool"]["records"] == 0
-
-    assert await poll(drained, 5)
-    await stack.deliveries_settled()
-    conversation = stack.elevenlabs.conversations.get(eleven_id)
-    assert conversation is not None
-    delivered = [u["context_id"] for u in conversation.contextual_updates]
-    assert sorted(delivered) == sorted(t for t, _, _ in tasks), "delivered more or less than once each"
+    await assert_delivered_once_after_replay(stack, eleven_id, tasks)
     for task_id, _, _ in tasks:
         task = await direct.hgetall(f"cursor_task:{task_id}")
         assert task["status"] == "completed" and task.get("recordedAt"), task
@@ -422,11 +428,7 @@ async def test_cluster_with_one_master_down_spools_only_that_masters_callbacks(
             return set(got) >= {t for t, _, _ in tasks}
 
         assert await poll(all_delivered, 30), "results of the down master not delivered after it returned"
-        await stack.deliveries_settled()
-        conversation = stack.elevenlabs.conversations.get(eleven_id)
-        assert conversation is not None
-        delivered = [u["context_id"] for u in conversation.contextual_updates]
-        assert sorted(delivered) == sorted(t for t, _, _ in tasks), "delivered more or less than once each"
+        await assert_delivered_once_after_replay(stack, eleven_id, tasks)
         for task_id, _, _ in tasks:
             assert await client.hget(f"cursor_task:{task_id}", "recordedAt"), task_id
         await voice.close()

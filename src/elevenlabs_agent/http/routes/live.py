@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from elevenlabs_agent import __version__, events, metrics
 from elevenlabs_agent.errors import InvalidInput, NotFound, UpgradeRequired
 from elevenlabs_agent.http.routes.base import query_of
-from elevenlabs_agent.limits import WEB_ASSET_MAX_AGE_SECONDS, is_valid_id, must_be_id
+from elevenlabs_agent.limits import WEB_ASSET_MAX_AGE_SECONDS
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.runtime import Runtime
 from elevenlabs_agent.schemas.conversations import RESERVED_CONVERSATION_IDS, require_id
@@ -88,21 +88,12 @@ async def conversation_updates(websocket: WebSocket) -> None:
     every change made by any instance (services/live.py). Origin and the feature flag are checked at
     the edge (EdgeMiddleware) before this runs."""
     rt: Runtime = websocket.app.state.runtime
-    values = websocket.query_params.getlist("conversationId")
-    conversation_id = values[0] if len(values) == 1 else ""
     await websocket.accept()
-    if len(values) > 1:
+    try:
+        conversation_id = require_id(query_of(websocket.query_params).get("conversationId", ""), "conversationId")
+    except InvalidInput as exc:  # the same rules as the plain-HTTP answer, as a frame and a close
         metrics.WEBSOCKET_CONNECTIONS.labels("invalid_id").inc()
-        await _refuse(websocket, "", "conversationId must be given once", 1008)
-        return
-    if not is_valid_id(conversation_id):
-        metrics.WEBSOCKET_CONNECTIONS.labels("invalid_id").inc()
-        await _refuse(
-            websocket,
-            conversation_id,
-            must_be_id("conversationId"),
-            1008,
-        )
+        await _refuse(websocket, websocket.query_params.get("conversationId", ""), str(exc), 1008)
         return
     structlog.contextvars.bind_contextvars(conversationId=conversation_id)
     subscriber = rt.live.subscribe(conversation_id)
