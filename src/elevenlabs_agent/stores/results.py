@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from elevenlabs_agent.redis.clients import is_cluster
@@ -28,23 +27,17 @@ from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.tasks import Completion, TaskStore
 
-
-def _function(name: str, script: str) -> str:
-    # Its parameters shadow the globals: the wrapped script reads the KEYS and ARGV it is given.
-    return f"local function {name}(KEYS, ARGV)\n{script}\nend\n"
-
-
 # KEYS: task, the three conversation indexes. ARGV: the six of tasks.COMPLETE, task id, recordedAt,
-# the message, event and announcement as JSON around the member the script writes (`_around`),
+# the message, event and announcement as JSON around the members the script writes (`lua.around`),
 # score (ms), outbox maxlen and ttl, then the key prefixes of conversations, event streams, pending
 # results and sessions. Returns what tasks.COMPLETE returns; when accepted, followed by '1'/'0' (a
 # live session exists) and its pushUrl ('' without one).
 _COMPLETE_AND_RECORD = (
     "#!lua flags=no-cluster\n"
-    + _function("complete", tasks.COMPLETE)
-    + _function("upsert", upsert_message_script(conversations.UPDATES_CHANNEL))
-    + _function("publish", outbox.PUBLISH)
-    + _function("mark", lua.HSET_IF_EXISTS)
+    + lua.function("complete", tasks.COMPLETE)
+    + lua.function("upsert", upsert_message_script(conversations.UPDATES_CHANNEL))
+    + lua.function("publish", outbox.PUBLISH)
+    + lua.function("mark", lua.HSET_IF_EXISTS)
     + """
 local done = complete({KEYS[1]}, {unpack(ARGV, 1, 6)})
 if done[1] ~= 'accepted' then return done end
@@ -62,18 +55,6 @@ if redis.call('EXISTS', session) == 0 then return {done[1], done[2], done[3], do
 return {done[1], done[2], done[3], done[4], done[5], '1', redis.call('HGET', session, 'pushUrl') or ''}
 """
 )
-
-
-def _around(obj: dict[str, Any], first: str, count: int) -> tuple[str, str]:
-    """`obj` as JSON in two parts around its `count` members from `first` on, the script's to write:
-    '{…,' (or '{') and ',…}' (or '}'), so that the members keep their order."""
-    names = list(obj)
-    at = names.index(first)
-    before = {name: obj[name] for name in names[:at]}
-    after = {name: obj[name] for name in names[at + count :]}
-    head = orjson.dumps(before).decode()[:-1] + ("," if before else "")
-    tail = ("," if after else "") + orjson.dumps(after).decode()[1:]
-    return head, tail
 
 
 @dataclass(frozen=True)
@@ -108,8 +89,8 @@ class ResultRecorder:
         toolName and toolArgs (written over its own adjacent `toolName` and `toolArgs` members), `event`
         into the outbox with the task's `conversationId` (likewise); subscribers learn it as `reason`."""
         args: list[Any] = [*completion, task_id, recorded_at]
-        args += [*_around(message, "toolName", 2), *_around(event, "conversationId", 1)]
-        args += [*_around({"conversationId": "", "reason": reason}, "conversationId", 1)]
+        args += [*lua.around(message, "toolName", 2), *lua.around(event, "conversationId")]
+        args += [*lua.around({"conversationId": "", "reason": reason}, "conversationId")]
         args += [conversations.score_ms(now), self.outbox.maxlen, self.outbox.ttl]
         args += [conversations.KEY_PREFIX, outbox.STREAM_PREFIX, outbox.PENDING_PREFIX, sessions.KEY_PREFIX]
         reply = await self.script(keys=[tasks.key(task_id), *conversations.INDEX_KEYS], args=args)

@@ -201,6 +201,29 @@ class TaskStore:
         token_hash: str,
         now: str,
     ) -> None:
+        args = self.creation_args(
+            task_id=task_id,
+            conversation_id=conversation_id,
+            tool_name=tool_name,
+            tool_args=tool_args,
+            prompt=prompt,
+            token_hash=token_hash,
+            now=now,
+        )
+        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
+
+    def creation_args(
+        self,
+        *,
+        task_id: str,
+        conversation_id: str,
+        tool_name: str,
+        tool_args: dict[str, Any],
+        prompt: str,
+        token_hash: str,
+        now: str,
+    ) -> list[str | int]:
+        """The ARGV of lua.HSET_WITH_TTL that creates a pending task."""
         fields = {
             "taskId": task_id,
             "conversationId": conversation_id,
@@ -215,7 +238,7 @@ class TaskStore:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
+        return args
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
