@@ -120,7 +120,7 @@ class CallbackService:
         self.outbox = outbox
         self.delivery = delivery
         self.shared_secret = shared_secret
-        self.recorder = ResultRecorder(tasks, conversations, outbox)
+        self.recorder = ResultRecorder(tasks, outbox)
 
     async def handle(self, callback: CallbackBody, secret: str | None) -> dict[str, Any]:
         task_id = callback.request_id

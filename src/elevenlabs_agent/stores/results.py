@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.stores import conversations, lua, outbox, sessions, tasks
 from elevenlabs_agent.stores.conversation_scripts import upsert_message_script
-from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
 from elevenlabs_agent.stores.tasks import Completion, TaskStore
 
@@ -67,7 +66,7 @@ class Recorded:
 
 
 class ResultRecorder:
-    def __init__(self, tasks: TaskStore, conversations: ConversationStore, outbox: Outbox) -> None:
+    def __init__(self, tasks: TaskStore, outbox: Outbox) -> None:
         self.redis: Redis = tasks.redis
         # One server only: the script names keys in other hash slots (the module docstring).
         self.available = not is_cluster(self.redis)
