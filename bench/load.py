@@ -63,9 +63,9 @@ WRK_SCENARIOS: dict[str, tuple[str, str | None, str, float, str]] = {
     "mixed": ("mixed 45/45/10", "mixed.lua", "", 0.45, "mix"),
 }
 SCENARIOS = [*WRK_SCENARIOS, "fanout"]
-# Redis round trips per request on each path (tests/test_redis_usage.py asserts 2 and 3; /health
-# is one PING). mixed = 0.45 * 2 + 0.45 * 3 + 0.10 * 1.
-ROUND_TRIPS = {"health": 1, "agent-tools": 2, "callback": 3, "mixed": 2.35}
+# Redis round trips per request on each path on one server (tests/test_redis_usage.py asserts 1 and
+# 1; /health is one PING). mixed = 0.45 * 1 + 0.45 * 1 + 0.10 * 1.
+ROUND_TRIPS = {"health": 1, "agent-tools": 1, "callback": 1, "mixed": 1.0}
 SEED_PER_SECOND = 5_000  # callback tasks seeded per second of a run: well above what 2 cores reach
 COLUMNS = ["rps", "p50_ms", "p99_ms", "p999_ms", "errors", "non2xx", "cpu_percent", "rss_mb"]
 COLUMNS += ["vs_bare_asgi", "vs_redis_ceiling"]

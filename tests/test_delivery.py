@@ -6,6 +6,7 @@ cursor-runner and the fake ElevenLabs (its conversation socket and its push brid
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -423,4 +424,26 @@ async def test_several_pending_results_replayed_oldest_first(stack: Stack) -> No
         assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket"
     await stack.deliveries_settled()
     assert len(updates(stack, eleven_id)) == 3
+    await voice.close()
+
+
+async def test_results_arriving_together_are_each_pushed_once(stack: Stack) -> None:
+    """Results of one conversation recorded in the same event-loop turn share one push batch
+    (DeliveryService.deliver_to): each is still pushed once and confirmed."""
+    conversation_id, eleven_id, voice = await stack.live_conversation(push=True)
+    manual_callbacks(stack)
+    tasks = [await stack.start_task(eleven_id, f"task {n}") for n in range(4)]
+    await asyncio.gather(*(finish_task(stack, task_id) for task_id in tasks))
+    got = await stack.elevenlabs.wait_update(eleven_id, count=len(tasks))
+    assert sorted(u["context_id"] for u in got) == sorted(tasks)
+
+    async def drained() -> bool:
+        return await pending_ids(stack, conversation_id) == set()
+
+    await eventually(drained)
+    await stack.deliveries_settled()
+    assert len(updates(stack, eleven_id)) == len(tasks)
+    for task_id in tasks:
+        task = await stack.task(task_id)
+        assert task["delivery"] == "delivered" and task["deliveredVia"] == "websocket"
     await voice.close()

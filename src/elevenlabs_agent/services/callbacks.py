@@ -9,6 +9,7 @@ later through the same steps.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -25,12 +26,15 @@ from elevenlabs_agent.services.delivery import DeliveryService
 from elevenlabs_agent.spool import Journal, SpooledCallback, SpoolRefused
 from elevenlabs_agent.stores.conversations import ConversationStore
 from elevenlabs_agent.stores.outbox import Outbox
-from elevenlabs_agent.stores.tasks import Completion, Task, TaskStore, hash_token
+from elevenlabs_agent.stores.results import ResultRecorder
+from elevenlabs_agent.stores.tasks import Completion, Task, TaskStore, completion_args, hash_token
 from elevenlabs_agent.timeutil import now_iso
 
 __all__ = ["REDIS_UNREACHABLE", "CallbackService", "Outcome"]
 
 log = get_logger()
+# How live subscribers learn that a result entered the conversation.
+REASON = "tool_result"
 # Redis could not be reached or could not take the write now (refused, reset, timeout, cluster or a
 # slot's master down, a failover in progress, out of memory): what sends a callback to the spool
 # instead of a 503, and what pauses its replay. Any other Redis error is not cured by waiting.
@@ -73,6 +77,33 @@ class Outcome:
         )
 
 
+def _message(outcome: Outcome) -> dict[str, Any]:
+    """The result's tool message in the conversation."""
+    return {
+        "role": "tool",
+        "content": outcome.summary,
+        "timestamp": outcome.completed_at,
+        "source": "tool_output",
+        "toolName": outcome.tool_name,
+        "toolArgs": outcome.tool_args,
+        "toolOutput": outcome.result.get("output") or outcome.result.get("error"),
+        "status": outcome.status,
+        "taskId": outcome.task_id,
+    }
+
+
+def _event(outcome: Outcome) -> dict[str, Any]:
+    """The result's outbox event, which the live session receives."""
+    return {
+        "type": "task_update",
+        "taskId": outcome.task_id,
+        "conversationId": outcome.conversation_id,
+        "status": outcome.status,
+        "text": speech.update_text(outcome.task_id, outcome.summary),
+        "completedAt": outcome.completed_at,
+    }
+
+
 class CallbackService:
     def __init__(
         self,
@@ -89,6 +120,7 @@ class CallbackService:
         self.outbox = outbox
         self.delivery = delivery
         self.shared_secret = shared_secret
+        self.recorder = ResultRecorder(tasks, outbox)
 
     async def handle(self, callback: CallbackBody, secret: str | None) -> dict[str, Any]:
         task_id = callback.request_id
@@ -121,16 +153,28 @@ class CallbackService:
         metrics.CALLBACKS_SPOOLED.inc()
         metrics.CALLBACKS.labels("spooled").inc()
 
-    async def _complete(
+    async def _accept(
         self, callback: CallbackBody, token_hash: str, shared_ok: bool, at: str
-    ) -> tuple[Completion, Outcome]:
-        """Store the result on its task (secret check and idempotency in one atomic step), and the
-        `Outcome` to record in the conversation when the task accepted it. Live and replayed
-        callbacks alike."""
+    ) -> tuple[Completion, Callable[[], None]]:
+        """Store the result on its task (secret check and idempotency in one atomic step) and, when
+        the task accepted it, record it in the conversation and its outbox: one round trip on one
+        server, `record` after the completion on a cluster. Returns the completion and what starts
+        the result's delivery (only for an accepted one). Live and replayed callbacks alike."""
+        task_id = callback.request_id
         status = "failed" if callback.failed else "completed"
         summary = speech.result_summary(callback.failed, callback.result)
+        args = completion_args(token_hash, shared_ok, status, callback.result, summary, at)
+        # conversationId, toolName and toolArgs are the task's: the one-step script writes them in.
+        outcome = Outcome(task_id, "", "", {}, status, summary, callback.result, at)
+        if self.recorder.available:
+            message, event = _message(outcome), _event(outcome)
+            recorded = await self.recorder.complete_and_record(
+                task_id, args, message=message, event=event, reason=REASON, now=at, recorded_at=now_iso()
+            )
+            done = recorded.completion
+            return done, lambda: self.delivery.deliver_to(done.conversation_id, task_id, recorded.push_url)
         done = await self.tasks.complete(
-            callback.request_id,
+            task_id,
             token_hash=token_hash,
             shared_secret_ok=shared_ok,
             status=status,
@@ -138,21 +182,14 @@ class CallbackService:
             summary=summary,
             now=at,
         )
-        outcome = Outcome(
-            task_id=callback.request_id,
-            conversation_id=done.conversation_id,
-            tool_name=done.tool_name,
-            tool_args=done.tool_args,
-            status=status,
-            summary=summary,
-            result=callback.result,
-            completed_at=at,
-        )
-        return done, outcome
+        if done.outcome == "accepted":
+            task = (done.conversation_id, done.tool_name, done.tool_args)
+            await self.record(Outcome(task_id, *task, status, summary, callback.result, at))
+        return done, lambda: self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
 
     async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
         task_id = callback.request_id
-        done, outcome = await self._complete(callback, token_hash, shared_ok, now)
+        done, deliver = await self._accept(callback, token_hash, shared_ok, now)
         if done.outcome == "unauthorized":
             return self._unauthorized(task_id, "wrong secret")
         if done.outcome == "unknown":
@@ -164,20 +201,18 @@ class CallbackService:
             metrics.CALLBACKS.labels("duplicate").inc()
             return {"success": True, "requestId": task_id, "duplicate": True, "status": done.previous_status}
 
-        await self.record(outcome)
+        status = "failed" if callback.failed else "completed"
         if callback.failed:
             log.info(
                 events.CALLBACK_TASK_FAILED,
                 taskId=task_id,
-                conversationId=outcome.conversation_id,
+                conversationId=done.conversation_id,
                 exitCode=callback.result.get("exitCode"),
             )
-        log.info(
-            events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=outcome.conversation_id, status=outcome.status
-        )
+        log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=done.conversation_id, status=status)
         metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
-        self.delivery.spawn(self.delivery.deliver(outcome.conversation_id, task_id))
-        return {"success": True, "requestId": task_id, "status": outcome.status}
+        deliver()
+        return {"success": True, "requestId": task_id, "status": status}
 
     async def record(self, outcome: Outcome) -> None:
         """Put a stored result into the conversation history and its outbox (one round trip on one
@@ -187,32 +222,14 @@ class CallbackService:
         `recordedAt` is one whose recording was cut short; `repair` finishes it.
         """
         now = outcome.completed_at
-        message = {
-            "role": "tool",
-            "content": outcome.summary,
-            "timestamp": now,
-            "source": "tool_output",
-            "toolName": outcome.tool_name,
-            "toolArgs": outcome.tool_args,
-            "toolOutput": outcome.result.get("output") or outcome.result.get("error"),
-            "status": outcome.status,
-            "taskId": outcome.task_id,
-        }
-        event = {
-            "type": "task_update",
-            "taskId": outcome.task_id,
-            "conversationId": outcome.conversation_id,
-            "status": outcome.status,
-            "text": speech.update_text(outcome.task_id, outcome.summary),
-            "completedAt": now,
-        }
+        message, event = _message(outcome), _event(outcome)
         batch = self.tasks.batch()
         self.conversations.queue_upsert_message(
             batch,
             outcome.conversation_id,
             message,
             now=now,
-            reason="tool_result",
+            reason=REASON,
             task_id=outcome.task_id,
             create=True,
             capped=False,
@@ -248,7 +265,7 @@ class CallbackService:
 
     async def _replay(self, spooled: SpooledCallback, callback: CallbackBody) -> str:
         task_id = spooled.task_id
-        done, recorded = await self._complete(callback, spooled.token_hash, spooled.shared_ok, spooled.received_at)
+        done, deliver = await self._accept(callback, spooled.token_hash, spooled.shared_ok, spooled.received_at)
         if done.outcome == "unauthorized":
             return self._discard(task_id, "forged")
         if done.outcome == "unknown":
@@ -259,8 +276,7 @@ class CallbackService:
             await self.repair([task_id])
             outcome = "duplicate"
         else:
-            await self.record(recorded)
-            self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
+            deliver()
             outcome = "accepted"
         log.info(events.SPOOL_REPLAYED, taskId=task_id, outcome=outcome, receivedAt=spooled.received_at)
         metrics.CALLBACKS_REPLAYED.labels(outcome).inc()

@@ -47,6 +47,8 @@ class DeliveryService:
         self.push_timeout = push_timeout
         self.keepalive_ms = int(keepalive_seconds * 1000)
         self._inflight: set[asyncio.Task[None]] = set()
+        # conversation id -> task ids whose push is queued but not started (`deliver_to`)
+        self._batches: dict[str, list[str]] = {}
         self._closing = asyncio.Event()
 
     # background work ------------------------------------------------------------------------------
@@ -77,16 +79,43 @@ class DeliveryService:
     async def deliver(self, conversation_id: str, task_id: str) -> None:
         """Deliver one freshly published result to the conversation's live session, if any."""
         session = await self.sessions.get(conversation_id)
-        if session is None:
+        push_url = self._route(conversation_id, task_id, None if session is None else session.get("pushUrl", ""))
+        if push_url:
+            await self._push_published(conversation_id, push_url, [task_id])
+
+    def deliver_to(self, conversation_id: str, task_id: str, push_url: str | None) -> None:
+        """`deliver` with the live session already known (None: none, '': a relay session). Only a push
+        needs more work: results of one conversation published during the same event-loop turn go in one
+        background task that reads the outbox once."""
+        push_url = self._route(conversation_id, task_id, push_url)
+        if not push_url:
+            return
+        queued = self._batches.get(conversation_id)
+        if queued is not None:
+            queued.append(task_id)
+            return
+        self._batches[conversation_id] = [task_id]
+        self.spawn(self._push_batch(conversation_id, push_url))
+
+    def _route(self, conversation_id: str, task_id: str, push_url: str | None) -> str | None:
+        """The URL to push a new result to; None when the session is missing or reads the relay."""
+        if push_url is None:
             log.info(events.SESSION_MISSING, conversationId=conversation_id, taskId=task_id)
             metrics.DELIVERIES.labels("none", "waiting").inc()
-            return
-        if not session.get("pushUrl"):
+            return None
+        if not push_url:
             metrics.DELIVERIES.labels("relay", "published").inc()
-            return
+            return None
+        return push_url
+
+    async def _push_batch(self, conversation_id: str, push_url: str) -> None:
+        await self._push_published(conversation_id, push_url, self._batches.pop(conversation_id))
+
+    async def _push_published(self, conversation_id: str, push_url: str, task_ids: list[str]) -> None:
+        wanted = set(task_ids)
         for event in await self.outbox.pending(conversation_id):
-            if event.task_id == task_id:
-                await self._push(conversation_id, session["pushUrl"], event)
+            if event.task_id in wanted:
+                await self._push(conversation_id, push_url, event)
 
     async def redeliver(self, conversation_id: str) -> None:
         """Offer a conversation's waiting results again to its live push-capable session, if any."""

@@ -16,13 +16,16 @@ from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.webhooks import PASS_THROUGH, ToolCall
 from elevenlabs_agent.services import speech
 from elevenlabs_agent.stores.aliases import AliasStore
-from elevenlabs_agent.stores.conversations import ConversationStore
+from elevenlabs_agent.stores.conversations import ConversationStore, Upserted
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.stores.tool_calls import ToolCallRecorder
 from elevenlabs_agent.timeutil import now_iso
 
 STATUS_TOOL = "get_task_status"
 RECENT_TASKS = 5
+# How live subscribers learn that a tool call's pending message entered the conversation.
+REASON = "tool_call"
 
 log = get_logger()
 
@@ -39,6 +42,20 @@ def _answer(task_id: str, status: str, message: str, **extra: str) -> dict[str, 
     }
 
 
+def _external_ids(call: ToolCall) -> list[str]:
+    """The ids a webhook carries that an alias may map to our conversation id, first match wins."""
+    return [i for i in (call.conversation_id, call.session_id) if i]
+
+
+def _mapped(call: ToolCall, found: str | None, aliased: bool) -> str:
+    """The conversation a code task goes to (`found`: by alias when `aliased`, else the webhook's own)."""
+    if found is None:
+        raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
+    if not aliased and call.conversation_id:
+        log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
+    return found
+
+
 class ToolService:
     def __init__(
         self,
@@ -53,6 +70,7 @@ class ToolService:
         self.conversations = conversations
         self.sessions = sessions
         self.aliases = aliases
+        self.recorder = ToolCallRecorder(tasks, conversations)
         self.cursor_runner = cursor_runner
         self.public_url = public_url.rstrip("/")
 
@@ -63,20 +81,16 @@ class ToolService:
 
     async def resolve_conversation(self, call: ToolCall) -> str | None:
         """Our conversation id for the ids the webhook carries (ElevenLabs sends its own)."""
-        candidates = [i for i in (call.conversation_id, call.session_id) if i]
-        found = await self.aliases.resolve(candidates)
+        found = await self.aliases.resolve(_external_ids(call))
         if found is None and call.conversation_id:
             log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
         return found or call.conversation_id
 
     async def start_code_task(self, call: ToolCall) -> dict[str, Any]:
         prompt = call.prompt()
-        conversation_id = await self.resolve_conversation(call)
-        if conversation_id is None:
-            raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
         task_id = str(uuid.uuid4())
         token = secrets.token_urlsafe(32)
-        message = await self._record_task(call, conversation_id, task_id, prompt, token)
+        conversation_id, message = await self._record_task(call, task_id, prompt, token)
         payload: dict[str, Any] = {
             "id": task_id,
             "prompt": prompt,
@@ -103,10 +117,10 @@ class ToolService:
         )
         return await self._dispatch_failed(conversation_id, task_id, message, result.reason)
 
-    async def _record_task(
-        self, call: ToolCall, conversation_id: str, task_id: str, prompt: str, token: str
-    ) -> dict[str, Any]:
-        """Store the task, its pending message and the session's last tool call; the message."""
+    async def _record_task(self, call: ToolCall, task_id: str, prompt: str, token: str) -> tuple[str, dict[str, Any]]:
+        """Resolve our conversation id, then store the task, its pending message and the session's
+        last tool call (one round trip on one server, where one script does both); the conversation
+        id and the message."""
         now = now_iso()
         message = {
             "role": "tool",
@@ -118,7 +132,36 @@ class ToolService:
             "status": "pending",
             "taskId": task_id,
         }
+        if self.recorder.available:
+            recorded = await self.recorder.resolve_and_record(
+                _external_ids(call),
+                call.conversation_id,
+                task_id=task_id,
+                tool_name=call.tool_name,
+                tool_args=call.args,
+                prompt=prompt,
+                token_hash=hash_token(token),
+                message=message,
+                reason=REASON,
+                now=now,
+            )
+            conversation_id, written = _mapped(call, recorded.conversation_id, recorded.aliased), recorded.written
+        else:
+            found = await self.aliases.resolve(_external_ids(call))
+            conversation_id = _mapped(call, found or call.conversation_id, found is not None)
+            written = await self._create(call, conversation_id, task_id, prompt, token, message)
+        if written == "full":
+            await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
+            metrics.WEBHOOKS.labels("conversation_full").inc()
+            raise Conflict("the conversation holds the maximum number of messages", message=speech.CONVERSATION_FULL)
+        log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
+        return conversation_id, message
+
+    async def _create(
+        self, call: ToolCall, conversation_id: str, task_id: str, prompt: str, token: str, message: dict[str, Any]
+    ) -> Upserted:
         # One round trip: the task must exist before cursor-runner can possibly call back.
+        now = message["timestamp"]
         batch = self.tasks.batch()
         self.tasks.queue_create(
             batch,
@@ -131,16 +174,11 @@ class ToolService:
             now=now,
         )
         written = self.conversations.queue_upsert_message(
-            batch, conversation_id, message, now=now, reason="tool_call", task_id=task_id, create=True
+            batch, conversation_id, message, now=now, reason=REASON, task_id=task_id, create=True
         )
         self.sessions.queue_note_task(batch, conversation_id, task_id, now)
         await batch.run()
-        if written.value == "full":
-            await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
-            metrics.WEBHOOKS.labels("conversation_full").inc()
-            raise Conflict("the conversation holds the maximum number of messages", message=speech.CONVERSATION_FULL)
-        log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
-        return message
+        return written.value
 
     async def _dispatch_failed(
         self, conversation_id: str, task_id: str, message: dict[str, Any], reason: str

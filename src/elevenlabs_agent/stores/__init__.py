@@ -1,4 +1,5 @@
-"""Redis stores: one module owns one key family, its TTL and its value shape.
+"""Redis stores: one module owns one key family, its TTL and its value shape (`results` and
+`tool_calls` own none: on one server they run the other stores' scripts as one).
 
 `KEY_FAMILIES` is the single list the CLI and the runbook read, so an operator's view of the keys
 can never drift from what the service writes.

@@ -129,7 +129,8 @@ class Conversation:
         return out
 
 
-def _score(iso: str) -> int:
+def score_ms(iso: str) -> int:
+    """A listing-index score: the time in ms."""
     return int(parse_iso(iso).timestamp() * 1000)
 
 
@@ -152,7 +153,7 @@ class ConversationStore:
 
     async def create(self, conversation_id: str, *, now: str, agent_id: str | None, metadata: dict[str, Any]) -> bool:
         """Create a conversation; False if one with this id already exists (it is left untouched)."""
-        ms = _score(now)
+        ms = score_ms(now)
         batch = self.batch()
         created = batch.eval(
             _CREATE,
@@ -195,7 +196,7 @@ class ConversationStore:
         With `create`, a missing conversation is created (and indexed) on the fly: a tool webhook may
         name a conversation the browser never created here, and its result must still be kept.
         """
-        ms = _score(now)
+        ms = score_ms(now)
         keys = self._keys(conversation_id)
         args: list[str | int] = [
             now,
@@ -334,5 +335,5 @@ class ConversationStore:
             rows = await pipe.execute()
         out: Scores = []
         for created, accessed, seq in rows:
-            out.append((_score(accessed or created) if created else None, int(seq or 0)))
+            out.append((score_ms(accessed or created) if created else None, int(seq or 0)))
         return out

@@ -1,10 +1,13 @@
-"""Lua scripts shared by several stores.
+"""Lua scripts shared by several stores, and what composes them.
 
-Each script touches exactly one key, so every atomic step stays valid on Redis Cluster.
+Each script here touches exactly one key, so every atomic step stays valid on Redis Cluster. The
+one-step scripts of stores/results.py and stores/tool_calls.py (one server only) call the stores'
+scripts as Lua functions (`function`), and write JSON whose members only the script knows (`around`).
 """
 
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from elevenlabs_agent.redis.clients import is_cluster
@@ -24,6 +27,24 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+
+def function(name: str, script: str) -> str:
+    """`script` as a local Lua function `name(KEYS, ARGV)`: its parameters shadow the globals, so the
+    script reads the keys and arguments it is given, and its `return` returns from the function."""
+    return f"local function {name}(KEYS, ARGV)\n{script}\nend\n"
+
+
+def around(obj: dict[str, Any], first: str, count: int = 1) -> tuple[str, str]:
+    """`obj` as JSON in two parts around its `count` members from `first` on, which a script writes
+    in between: '{…,' (or '{') and ',…}' (or '}'), so that the members keep their order."""
+    names = list(obj)
+    at = names.index(first)
+    before = {name: obj[name] for name in names[:at]}
+    after = {name: obj[name] for name in names[at + count :]}
+    head = orjson.dumps(before).decode()[:-1] + ("," if before else "")
+    tail = ("," if after else "") + orjson.dumps(after).decode()[1:]
+    return head, tail
 
 
 class OneKeyScript:

@@ -33,7 +33,7 @@ PENDING_HOLDS = "results of one conversation not yet confirmed by any channel"
 
 # KEYS: stream, pending. ARGV: taskId, event json (an object), maxlen, ttl.
 # A result already pending is not published again, so a retried publish cannot duplicate it.
-_PUBLISH = """
+PUBLISH = """
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if existing then return cjson.decode(existing)['eventId'] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'taskId', ARGV[1], 'data', ARGV[2])
@@ -95,7 +95,7 @@ class Outbox:
 
     def queue_publish(self, batch: Batch, conversation_id: str, task_id: str, data: dict[str, Any]) -> None:
         batch.eval(
-            _PUBLISH,
+            PUBLISH,
             [stream_key(conversation_id), pending_key(conversation_id)],
             [task_id, orjson.dumps(data).decode(), self.maxlen, self.ttl],
         )

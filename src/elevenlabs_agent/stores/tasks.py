@@ -33,7 +33,7 @@ STUCK_TASK_AGE = 3_600.0
 
 # The callback is the only writer of callbackAt, which makes it the idempotency marker: whatever
 # the dispatch outcome was, the first authenticated callback wins and every later one is a duplicate.
-_COMPLETE = """
+COMPLETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 if ARGV[2] ~= '1' and redis.call('HGET', KEYS[1], 'tokenHash') ~= ARGV[1] then return {'unauthorized'} end
 if redis.call('HEXISTS', KEYS[1], 'callbackAt') == 1 then
@@ -138,6 +138,29 @@ class Completion:
     previous_status: str = ""
 
 
+def completion_args(
+    token_hash: str, shared_secret_ok: bool, status: str, result: dict[str, Any], summary: str, now: str
+) -> list[str]:
+    """The ARGV of COMPLETE."""
+    return [token_hash, "1" if shared_secret_ok else "0", status, orjson.dumps(result).decode(), now, summary]
+
+
+def completion_of(reply: list[str]) -> Completion:
+    """COMPLETE's reply (the first five items of a longer one)."""
+    outcome = reply[0]
+    if outcome == "accepted":
+        return Completion(
+            "accepted",
+            conversation_id=reply[1],
+            tool_name=reply[2],
+            tool_args=orjson.loads(reply[3]),
+            prompt=reply[4],
+        )
+    if outcome == "duplicate":
+        return Completion("duplicate", previous_status=reply[1])
+    return Completion("unknown" if outcome == "unknown" else "unauthorized")
+
+
 @dataclass
 class TaskSummary:
     by_status: dict[str, int] = field(default_factory=dict)
@@ -160,7 +183,7 @@ class TaskStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._complete = lua.OneKeyScript(redis, _COMPLETE)
+        self._complete = lua.OneKeyScript(redis, COMPLETE)
         self._fail_dispatch = lua.OneKeyScript(redis, _FAIL_DISPATCH)
 
     def batch(self) -> Batch:
@@ -178,6 +201,29 @@ class TaskStore:
         token_hash: str,
         now: str,
     ) -> None:
+        args = self.creation_args(
+            task_id=task_id,
+            conversation_id=conversation_id,
+            tool_name=tool_name,
+            tool_args=tool_args,
+            prompt=prompt,
+            token_hash=token_hash,
+            now=now,
+        )
+        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
+
+    def creation_args(
+        self,
+        *,
+        task_id: str,
+        conversation_id: str,
+        tool_name: str,
+        tool_args: dict[str, Any],
+        prompt: str,
+        token_hash: str,
+        now: str,
+    ) -> list[str | int]:
+        """The ARGV of lua.HSET_WITH_TTL that creates a pending task."""
         fields = {
             "taskId": task_id,
             "conversationId": conversation_id,
@@ -192,7 +238,7 @@ class TaskStore:
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():
             args += [name, value]
-        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
+        return args
 
     async def fail_dispatch(self, task_id: str, error: str, now: str) -> bool:
         """Mark a task failed because it could not be dispatched; False if its callback already won."""
@@ -210,29 +256,8 @@ class TaskStore:
         now: str,
     ) -> Completion:
         """Record a callback's result atomically: auth check, idempotency and the write in one step."""
-        reply = await self._complete(
-            key(task_id),
-            [
-                token_hash,
-                "1" if shared_secret_ok else "0",
-                status,
-                orjson.dumps(result).decode(),
-                now,
-                summary,
-            ],
-        )
-        outcome = reply[0]
-        if outcome == "accepted":
-            return Completion(
-                "accepted",
-                conversation_id=reply[1],
-                tool_name=reply[2],
-                tool_args=orjson.loads(reply[3]),
-                prompt=reply[4],
-            )
-        if outcome == "duplicate":
-            return Completion("duplicate", previous_status=reply[1])
-        return Completion("unknown" if outcome == "unknown" else "unauthorized")
+        args = completion_args(token_hash, shared_secret_ok, status, result, summary, now)
+        return completion_of(await self._complete(key(task_id), args))
 
     def queue_mark_recorded(self, batch: Batch, task_id: str, now: str) -> None:
         batch.eval(lua.HSET_IF_EXISTS, [key(task_id)], ["recordedAt", now])
