@@ -136,8 +136,9 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.contextmanager
-def running(args: argparse.Namespace) -> Iterator[Stack]:
-    """The service under test: --target, or one started here with its own Redis and fake runner."""
+def running(args: argparse.Namespace, checkout: Path = ROOT, python: str = sys.executable) -> Iterator[Stack]:
+    """The service under test: --target, or one started here with its own Redis and fake runner; the
+    service is `python -m elevenlabs_agent serve` run in `checkout` (another commit's, with its venv)."""
     if args.target:
         if not args.redis_url:
             raise SystemExit("--target needs --redis-url to seed callback tasks")
@@ -168,9 +169,10 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
         env |= service_env(
             s.target, service_port, redis_server.url, f"http://127.0.0.1:{runner_port}", Path(tmp.name) / "spool"
         )
+        inherited = {k: v for k, v in os.environ.items() if checkout == ROOT or k != "PYTHONPATH"}
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(
-                [sys.executable, "-m", "elevenlabs_agent", "serve"], env={**os.environ, **env}, stdout=log
+                [python, "-m", "elevenlabs_agent", "serve"], env={**inherited, **env}, stdout=log, cwd=checkout
             )
         s.procs.append(s.service)
         wait_http(f"http://127.0.0.1:{runner_port}/")
