@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/load.py [--duration 8] [--connections 50] [--scenarios health,mixed,...]
                                    [--subscribers 50 --fanout-rate 200] [--workers N]
-                                   [--target URL --redis-url URL]
+                                   [--target URL --redis-url URL] [--rate R]
+    .venv/bin/python bench/load.py --compare COMMIT [--rounds 3] [--baseline-dir DIR] [options above]
 
 Without --target it starts everything itself on loopback (bench/stack.py): a redis-server (AOF on,
 temp dir), a fast fake cursor-runner (accepts, never calls back), and `elevenlabs-agent serve` at
@@ -14,8 +15,12 @@ LOG_LEVEL=warning. Scenarios (wrk unless noted):
 - fanout: SSE relay fan-out (bench/fanout.py, its own asyncio process): --subscribers streams, each
   on its own registered conversation, callbacks at --fanout-rate; its row's rps is events delivered
   per second, p50/p99/p99.9 the delivery latency (callback due -> SSE event), errors the failed
-  callbacks; events lost / duplicated and the client's own CPU are on the line below the table.
-Baselines, always run: a bare ASGI app on the same uvicorn stack, and redis-benchmark PING (no
+  callbacks; events lost / duplicated and the client's own CPU are on the line below the table;
+- open-loop: bench/rate.py at a fixed rate (--rate, or half the route's closed-loop req/s of this
+  run), one run each for agent-tools, callback and mixed; latency from each request's due time;
+- one-caller: POST /agent-tools on one connection, one call after another (wrk -t1 -c1).
+--compare COMMIT runs the scenarios against COMMIT and this checkout alternately (bench/compare.py).
+Baselines, run without --compare: a bare ASGI app on the same uvicorn stack, and redis-benchmark PING (no
 pipelining) divided by the Redis round trips a request makes. CPU and RSS are the service's
 (process and children, RSS summed), measured only for a service started here; --workers N starts
 it with WORKERS=N. Prints a table and writes bench/results/load-<time>.json. Loopback only; every
@@ -268,6 +273,8 @@ def parse_args() -> argparse.Namespace:
         args.scenarios = args.scenarios[:at] + needed + [x for x in args.scenarios[at:] if x not in needed]
     if (args.compare or args.baseline_dir) and args.target:
         parser.error("--compare starts its own services: no --target")
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     return args
 
 
