@@ -14,6 +14,7 @@ bench/results/compare-<time>.json with every run's figures.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class Side:
     commit: str  # short sha, "+changes" when the service's code (src/, pyproject.toml) has uncommitted ones
     checkout: Path
     python: str
+    packages: dict[str, str]  # its venv's, but the service's own: a difference there is part of the comparison
 
 
 def git(*argv: str, cwd: Path = ROOT) -> str:
@@ -62,7 +64,15 @@ def describe(name: str, checkout: Path, python: str) -> Side:
     commit = git("rev-parse", "--short", "HEAD", cwd=checkout)
     if git("status", "--porcelain", "--untracked-files=no", "--", "src", "pyproject.toml", cwd=checkout):
         commit += "+changes"
-    return Side(name, commit, checkout, python)
+    freeze = [python, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"]
+    lines = subprocess.run(freeze, capture_output=True, text=True, check=True).stdout.splitlines()
+    packages = dict(line.split("==", 1) for line in lines if "==" in line)
+    return Side(name, commit, checkout, python, packages)
+
+
+def package_differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """`name a-version -> b-version` for every package whose version differs (or is missing: -)."""
+    return [f"{n} {a.get(n, '-')} -> {b.get(n, '-')}" for n in sorted(a.keys() | b.keys()) if a.get(n) != b.get(n)]
 
 
 def baseline_side(args: argparse.Namespace) -> Side:
@@ -162,15 +172,18 @@ def warnings(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
 def main(args: argparse.Namespace, wrk: str) -> None:
     sides = {"baseline": baseline_side(args), "current": describe("current", ROOT, sys.executable)}
     print(f"baseline {sides['baseline'].commit} ({sides['baseline'].checkout}), current {sides['current'].commit}")
+    packages = package_differences(sides["baseline"].packages, sides["current"].packages)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     rates = dict.fromkeys(OPEN_ROUTES, float(args.rate)) if args.rate else {}
     for unit in units(args.scenarios):
         for r in range(args.rounds):
             for name in SIDES if r % 2 == 0 else SIDES[::-1]:
                 side = sides[name]
+                load = os.getloadavg()[0]  # other work on the machine: the noise of this run
                 with running(args, side.checkout, side.python) as s:
                     label, figures = run_scenario(unit, s, args, wrk, rates)
                     figures["service_exited_early"] = s.service_exit()
+                figures["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
                 runs.setdefault(label, {"baseline": [], "current": []})[name].append(figures)
                 print(f"  {label}, round {r + 1}, {name}: {figures['rps']} req/s, p99 {figures['p99_ms']} ms")
         if unit in OPEN_ROUTES and unit not in rates:
@@ -184,6 +197,7 @@ def main(args: argparse.Namespace, wrk: str) -> None:
         "duration": args.duration,
         "workers": args.workers,
         "open_loop_rates": rates,
+        "package_differences": packages,
         "summary": summary,
         "runs": runs,
         "machine": machine(),
@@ -198,4 +212,10 @@ def main(args: argparse.Namespace, wrk: str) -> None:
     )
     print("\n".join(table(summary)))
     print("\n".join(warnings(runs)))
+    if packages:
+        print(f"the two venvs differ (baseline -> current): {', '.join(packages)}")
+    loads = [x for sides_ in runs.values() for fs in sides_.values() for f in fs for x in f["load_average"]]
+    print(f"machine: {os.cpu_count()} CPUs, 1-minute load average over the runs {min(loads)}-{max(loads)}")
+    if max(loads) > (os.cpu_count() or 1):
+        print("  (other work competed for the CPUs: compare the ratio by round; a wide spread is that noise)")
     print(f"written: {out.relative_to(ROOT)}")

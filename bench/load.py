@@ -53,10 +53,9 @@ from stack import (  # noqa: E402
     WEBHOOK_SECRET,
     Stack,
     add_target_options,
+    per_thread_tasks,
     proc_figures,
     running,
-    seed_per_thread,
-    seed_tasks,
 )
 
 WRK = ROOT / "bench" / "wrk"
@@ -130,7 +129,7 @@ def run_fanout(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     """bench/fanout.py in its own process; service figures between its READY and its report."""
     run = f"{RUN}-fan"
     total = int(args.fanout_rate * args.duration)
-    seed_tasks(s.redis_port, (task_id(run, args.subscribers, i) for i in range(total)), conversation_of)
+    s.seed({t: conversation_of(t) for t in (task_id(run, args.subscribers, i) for i in range(total))})
     argv = [sys.executable, str(ROOT / "bench" / "fanout.py"), "--target", s.target, "--run", run]
     argv += ["--subscribers", str(args.subscribers), "--rate", str(args.fanout_rate)]
     argv += ["--duration", str(args.duration), "--grace", "10"]
@@ -161,8 +160,8 @@ def run_open_loop(s: Stack, route: str, rate: float, args: argparse.Namespace) -
     """bench/rate.py (open loop: request i due at i/rate, latency from that time) on one route or the
     mix, in its own process; service figures between its READY and its TOTAL."""
     run = f"{RUN}-open-{route}"
-    ids = (callback_task(run, n) for n in range(callback_count(rate, args.duration, route)))
-    seed_tasks(s.redis_port, ids, lambda t: f"{run}-conv-{int(t.rsplit('-t', 1)[1]) % CONVERSATIONS}")
+    count = callback_count(rate, args.duration, route)
+    s.seed({callback_task(run, n): f"{run}-conv-{n % CONVERSATIONS}" for n in range(count)})
     argv = [sys.executable, str(ROOT / "bench" / "rate.py"), "--target", s.target, "--run", run, "--route", route]
     argv += ["--rate", str(rate), "--duration", str(args.duration), "--interval", str(args.duration + 120)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=bench_env())
@@ -215,7 +214,7 @@ def run_scenario(
     label, script, path, callback_share, seed = WRK_SCENARIOS[unit]
     per_thread = SEED_PER_SECOND * args.duration // args.threads + 1000
     if callback_share:
-        seed_per_thread(s.redis_port, f"{RUN}-{seed}", args.threads, per_thread)
+        s.seed(per_thread_tasks(f"{RUN}-{seed}", args.threads, per_thread))
     figures = {"kind": "closed", **run_wrk(wrk, s.target + path, script, args, s.service_pid)}
     figures["round_trips"] = ROUND_TRIPS[unit]
     if callback_share:
@@ -261,7 +260,12 @@ def parse_args() -> argparse.Namespace:
     add_target_options(parser)
     parser.add_argument("--compare", metavar="COMMIT", help="bench COMMIT (the baseline) and this checkout in turn")
     parser.add_argument("--baseline-dir", metavar="DIR", help="--compare: an existing checkout with its .venv")
-    parser.add_argument("--rounds", type=int, default=3, help="--compare: runs of each side per scenario (median)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="--compare: runs of each side per scenario (median; even: as often first)",
+    )
     args = parser.parse_args()
     default = COMPARE_SCENARIOS if args.compare or args.baseline_dir else SCENARIOS
     args.scenarios = [x.strip() for x in (args.scenarios or ",".join(default)).split(",") if x.strip()]
