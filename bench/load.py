@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/load.py [--duration 8] [--connections 50] [--scenarios health,mixed,...]
                                    [--subscribers 50 --fanout-rate 200] [--workers N]
-                                   [--target URL --redis-url URL]
+                                   [--target URL --redis-url URL] [--rate R]
+    .venv/bin/python bench/load.py --compare COMMIT [--rounds 3] [--baseline-dir DIR] [options above]
 
 Without --target it starts everything itself on loopback (bench/stack.py): a redis-server (AOF on,
 temp dir), a fast fake cursor-runner (accepts, never calls back), and `elevenlabs-agent serve` at
@@ -14,8 +15,12 @@ LOG_LEVEL=warning. Scenarios (wrk unless noted):
 - fanout: SSE relay fan-out (bench/fanout.py, its own asyncio process): --subscribers streams, each
   on its own registered conversation, callbacks at --fanout-rate; its row's rps is events delivered
   per second, p50/p99/p99.9 the delivery latency (callback due -> SSE event), errors the failed
-  callbacks; events lost / duplicated and the client's own CPU are on the line below the table.
-Baselines, always run: a bare ASGI app on the same uvicorn stack, and redis-benchmark PING (no
+  callbacks; events lost / duplicated and the client's own CPU are on the line below the table;
+- open-loop: bench/rate.py at a fixed rate (--rate, or half the route's closed-loop req/s of this
+  run), one run each for agent-tools, callback and mixed; latency from each request's due time;
+- one-caller: POST /agent-tools on one connection, one call after another (wrk -t1 -c1).
+--compare COMMIT runs the scenarios against COMMIT and this checkout alternately (bench/compare.py).
+Baselines, run without --compare: a bare ASGI app on the same uvicorn stack, and redis-benchmark PING (no
 pipelining) divided by the Redis round trips a request makes. CPU and RSS are the service's
 (process and children, RSS summed), measured only for a service started here; --workers N starts
 it with WORKERS=N. Prints a table and writes bench/results/load-<time>.json. Loopback only; every
@@ -42,15 +47,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, write_results  # noqa: E402
 from fanout import conversation_of, task_id  # noqa: E402
+from rate import CONVERSATIONS, callback_count, callback_task  # noqa: E402
 from stack import (  # noqa: E402
     TASK_SECRET,
     WEBHOOK_SECRET,
     Stack,
     add_target_options,
+    per_thread_tasks,
     proc_figures,
     running,
-    seed_per_thread,
-    seed_tasks,
 )
 
 WRK = ROOT / "bench" / "wrk"
@@ -62,12 +67,14 @@ WRK_SCENARIOS: dict[str, tuple[str, str | None, str, float, str]] = {
     "callback": ("POST /callback", "callback.lua", "", 1.0, "cb"),
     "mixed": ("mixed 45/45/10", "mixed.lua", "", 0.45, "mix"),
 }
-SCENARIOS = [*WRK_SCENARIOS, "fanout"]
+OPEN_ROUTES = ("agent-tools", "callback", "mixed")  # open-loop runs each at its own fixed rate
+SCENARIOS = [*WRK_SCENARIOS, "fanout", "open-loop", "one-caller"]
+COMPARE_SCENARIOS = [*WRK_SCENARIOS, "open-loop", "one-caller"]  # --compare's default (fanout on request)
 # Redis round trips per request on each path on one server (tests/test_redis_usage.py asserts 1 and
 # 1; /health is one PING). mixed = 0.45 * 1 + 0.45 * 1 + 0.10 * 1.
 ROUND_TRIPS = {"health": 1, "agent-tools": 1, "callback": 1, "mixed": 1.0}
 SEED_PER_SECOND = 5_000  # callback tasks seeded per second of a run: well above what 2 cores reach
-COLUMNS = ["rps", "p50_ms", "p99_ms", "p999_ms", "errors", "non2xx", "cpu_percent", "rss_mb"]
+COLUMNS = ["rps", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "errors", "non2xx", "cpu_percent", "rss_mb"]
 COLUMNS += ["vs_bare_asgi", "vs_redis_ceiling"]
 WRK_TIMEOUT = "10s"  # wrk's default (2 s) would drop the slowest requests from the percentiles
 RUN = f"b{datetime.now(UTC):%m%d%H%M%S}p{os.getpid()}"  # prefixes seeded ids: runs on one --target never collide
@@ -86,8 +93,11 @@ def bench_env() -> dict[str, str]:
     return {**os.environ, "BENCH_WEBHOOK_SECRET": WEBHOOK_SECRET, "BENCH_TASK_SECRET": TASK_SECRET, "BENCH_RUN": RUN}
 
 
-def run_wrk(wrk: str, url: str, script: str | None, args: argparse.Namespace, pid: int | None) -> dict[str, Any]:
-    """One wrk run, with the CPU and RSS of the process `pid` (and its children) alongside."""
+def run_wrk(
+    wrk: str, url: str, script: str | None, args: argparse.Namespace, pid: int | None, **env: str
+) -> dict[str, Any]:
+    """One wrk run, with the CPU and RSS of the process `pid` (and its children) alongside; `env` adds
+    to the scripts' environment."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         if script:
             f.write((WRK / "threads.lua").read_text())
@@ -99,7 +109,7 @@ def run_wrk(wrk: str, url: str, script: str | None, args: argparse.Namespace, pi
         [wrk, *options, "-s", f.name, url],
         capture_output=True,
         text=True,
-        env=bench_env(),
+        env=bench_env() | env,
         timeout=args.duration + 60,
     ).stdout
     os.unlink(f.name)
@@ -119,7 +129,7 @@ def run_fanout(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     """bench/fanout.py in its own process; service figures between its READY and its report."""
     run = f"{RUN}-fan"
     total = int(args.fanout_rate * args.duration)
-    seed_tasks(s.redis_port, (task_id(run, args.subscribers, i) for i in range(total)), conversation_of)
+    s.seed({t: conversation_of(t) for t in (task_id(run, args.subscribers, i) for i in range(total))})
     argv = [sys.executable, str(ROOT / "bench" / "fanout.py"), "--target", s.target, "--run", run]
     argv += ["--subscribers", str(args.subscribers), "--rate", str(args.fanout_rate)]
     argv += ["--duration", str(args.duration), "--grace", "10"]
@@ -144,6 +154,73 @@ def run_fanout(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"fanout.py printed no figures (exit {proc.returncode})")
     figures["non2xx"] = figures["errors"]
     return figures
+
+
+def run_open_loop(s: Stack, route: str, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """bench/rate.py (open loop: request i due at i/rate, latency from that time) on one route or the
+    mix, in its own process; service figures between its READY and its TOTAL."""
+    run = f"{RUN}-open-{route}"
+    count = callback_count(rate, args.duration, route)
+    s.seed({callback_task(run, n): f"{run}-conv-{n % CONVERSATIONS}" for n in range(count)})
+    argv = [sys.executable, str(ROOT / "bench" / "rate.py"), "--target", s.target, "--run", run, "--route", route]
+    argv += ["--rate", str(rate), "--duration", str(args.duration), "--interval", str(args.duration + 120)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=bench_env())
+    watchdog = threading.Timer(args.duration + 120, proc.kill)  # rate.py bounds itself; this is a backstop
+    watchdog.start()
+    figures: dict[str, Any] = {}
+    before, started = s.figures(), time.monotonic()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            before, started = s.figures(), time.monotonic()
+        elif line.startswith("TOTAL "):
+            after, seconds = s.figures(), time.monotonic() - started
+            figures = {"offered_rps": rate, **json.loads(line[6:])}
+            if s.service_pid:
+                figures["cpu_percent"] = round((after[0] - before[0]) / seconds * 100)
+                figures["rss_mb"] = round(after[1] / 1e6, 1)
+    proc.wait()
+    watchdog.cancel()
+    if not figures:
+        raise SystemExit(f"rate.py printed no figures (exit {proc.returncode})")
+    return figures
+
+
+def open_rate(closed_rps: float, args: argparse.Namespace) -> float:
+    """The fixed rate of an open-loop run: --rate, or half the route's closed-loop req/s."""
+    return float(args.rate or round(closed_rps / 2))
+
+
+def units(scenarios: list[str]) -> list[str]:
+    """The runs the scenarios make: open-loop is one run per route (open-loop:<route>)."""
+    return [u for x in scenarios for u in ([f"open-loop:{r}" for r in OPEN_ROUTES] if x == "open-loop" else [x])]
+
+
+def run_scenario(
+    unit: str, s: Stack, args: argparse.Namespace, wrk: str, rates: dict[str, float]
+) -> tuple[str, dict[str, Any]]:
+    """One run (of units()) against the stack `s`: its table label and its figures, whose "kind" is
+    closed (wrk, -t/-c as given), one (wrk -t1 -c1: one caller), open (fixed rate) or fanout."""
+    if unit == "fanout":
+        return f"SSE fan-out x{args.subscribers}", {"kind": "fanout", **run_fanout(s, args)}
+    if unit.startswith("open-loop:"):
+        route = unit.split(":", 1)[1]
+        figures = run_open_loop(s, route, rates[route], args)
+        return f"open loop {WRK_SCENARIOS[route][0]}", {"kind": "open", **figures}
+    if unit == "one-caller":
+        one = argparse.Namespace(**{**vars(args), "threads": 1, "connections": 1})
+        figures = run_wrk(wrk, s.target, "agent_tools.lua", one, s.service_pid, BENCH_CONVERSATIONS=f"{RUN}-one")
+        return "one caller POST /agent-tools", {"kind": "one", **figures, "round_trips": ROUND_TRIPS["agent-tools"]}
+    label, script, path, callback_share, seed = WRK_SCENARIOS[unit]
+    per_thread = SEED_PER_SECOND * args.duration // args.threads + 1000
+    if callback_share:
+        s.seed(per_thread_tasks(f"{RUN}-{seed}", args.threads, per_thread))
+    figures = {"kind": "closed", **run_wrk(wrk, s.target + path, script, args, s.service_pid)}
+    figures["round_trips"] = ROUND_TRIPS[unit]
+    if callback_share:
+        figures["seeded_tasks_completed"] = seeded_completed(s.redis_port, f"{RUN}-{seed}", args.threads)
+        figures["seeded_tasks_exhausted"] = figures["requests"] * callback_share > 0.9 * per_thread * args.threads
+    return label, figures
 
 
 def seeded_completed(port: int, prefix: str, threads: int) -> bool:
@@ -171,14 +248,37 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=8, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--scenarios",
+        help=f"comma list of {','.join(SCENARIOS)} (default: all; with --compare {','.join(COMPARE_SCENARIOS)})",
+    )
     parser.add_argument("--subscribers", type=int, default=50, help="fanout: SSE subscribers")
     parser.add_argument("--fanout-rate", type=float, default=200.0, help="fanout: callbacks per second")
+    parser.add_argument(
+        "--rate", type=float, help="open-loop: requests/s (default: half the route's closed-loop req/s; the baseline's)"
+    )
     add_target_options(parser)
+    parser.add_argument("--compare", metavar="COMMIT", help="bench COMMIT (the baseline) and this checkout in turn")
+    parser.add_argument("--baseline-dir", metavar="DIR", help="--compare: an existing checkout with its .venv")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="--compare: runs of each side per scenario (median; even: as often first)",
+    )
     args = parser.parse_args()
-    args.scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    default = COMPARE_SCENARIOS if args.compare or args.baseline_dir else SCENARIOS
+    args.scenarios = [x.strip() for x in (args.scenarios or ",".join(default)).split(",") if x.strip()]
     if unknown := set(args.scenarios) - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if "open-loop" in args.scenarios and args.rate is None:  # its rates come from the closed-loop runs
+        at = args.scenarios.index("open-loop")
+        needed = [r for r in OPEN_ROUTES if r not in args.scenarios[:at]]
+        args.scenarios = args.scenarios[:at] + needed + [x for x in args.scenarios[at:] if x not in needed]
+    if (args.compare or args.baseline_dir) and args.target:
+        parser.error("--compare starts its own services: no --target")
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     return args
 
 
@@ -204,6 +304,15 @@ def print_table(report: dict[str, Any]) -> None:
                 "p50/p99/p99.9 = delivery latency (callback due -> SSE event); producer lag max "
                 f"{f['producer_max_lag_ms']} ms; client CPU {f['client_cpu_percent']}%; fixed rate: no ceiling ratios"
             )
+        elif figures.get("kind") == "open":
+            f = figures
+            print(
+                f"{name}: offered {f['offered_rps']:g} req/s (fixed), achieved {f['rps']}; latency from each "
+                f"request's due time; worst send lag {f['max_lag_ms']} ms; client CPU {f['client_cpu_percent']}%"
+                + (f"; errors: {f['error_kinds']}" if f["errors"] else "")
+            )
+        elif figures.get("kind") == "one":
+            print(f"{name}: one connection, calls one after another (wrk -t1 -c1); mean {figures['mean_ms']} ms")
         if figures.get("seeded_tasks_exhausted"):
             print(f"{name}: WARNING: ran out of seeded callback tasks; raise SEED_PER_SECOND")
         if figures.get("seeded_tasks_completed") is False:
@@ -213,33 +322,27 @@ def print_table(report: dict[str, Any]) -> None:
 def main() -> None:
     args = parse_args()
     wrk = ensure_wrk()
+    if args.compare or args.baseline_dir:
+        import compare  # imports this module: here, not at the top
+
+        compare.main(args, wrk)
+        return
     runs: dict[str, dict[str, Any]] = {}
+    rates = dict.fromkeys(OPEN_ROUTES, float(args.rate)) if args.rate else {}
     with running(args) as s:
-        per_thread = SEED_PER_SECOND * args.duration // args.threads + 1000
-        for name in ("callback", "mixed"):
-            if name in args.scenarios:
-                seed_per_thread(s.redis_port, f"{RUN}-{WRK_SCENARIOS[name][4]}", args.threads, per_thread)
         bare, bare_pid = s.start_bare_asgi()
         runs[BARE] = run_wrk(wrk, bare + "/", None, args, bare_pid)
-        for name in args.scenarios:
-            if name == "fanout":
-                runs[f"SSE fan-out x{args.subscribers}"] = run_fanout(s, args)
-                continue
-            label, script, path, callback_share, _ = WRK_SCENARIOS[name]
-            figures = run_wrk(wrk, s.target + path, script, args, s.service_pid)
-            figures["round_trips"] = ROUND_TRIPS[name]
-            if callback_share:
-                prefix = f"{RUN}-{WRK_SCENARIOS[name][4]}"
-                figures["seeded_tasks_completed"] = seeded_completed(s.redis_port, prefix, args.threads)
-                exhausted = figures["requests"] * callback_share > 0.9 * per_thread * args.threads
-                figures["seeded_tasks_exhausted"] = exhausted
+        for unit in units(args.scenarios):
+            label, figures = run_scenario(unit, s, args, wrk, rates)
             runs[label] = figures
+            if unit in OPEN_ROUTES:
+                rates.setdefault(unit, open_rate(figures["rps"], args))
         ping = redis_ping_rps(s.redis_port, args.connections)
         service_exit = s.service_exit()
 
     ceiling = runs[BARE]["rps"]
     for figures in runs.values():
-        if "delivered" in figures:  # fixed rate: its req/s is the offered load, not a capacity
+        if figures.get("kind", "closed") != "closed":  # a fixed rate or one caller: its req/s is no capacity
             figures["vs_bare_asgi"] = figures["vs_redis_ceiling"] = None
             continue
         figures["vs_bare_asgi"] = round(figures["rps"] / ceiling, 3)

@@ -1,12 +1,14 @@
 """Fixed-rate load client (its own process; bench/soak.py runs it). Debian has no wrk2, and wrk has no
 fixed rate, so this is an open-loop asyncio client on a few keep-alive connections.
 
-    python bench/rate.py --target URL --run RUN [--rate 50] [--duration 600] [--interval 30]
+    python bench/rate.py --target URL --run RUN [--rate 50] [--duration 600] [--interval 30] [--route mixed]
 
-Mix, in a cycle of 20 requests: 9 POST /agent-tools (over 200 conversations RUN-conv-<k>), 9 POST
-/callback (each completing the pre-seeded task RUN-t<n>, n from 0), 2 GET /health. A request is an
-error unless it gets 200 and the body it should (tool dispatched, task completed, Redis connected).
-Latency runs from each request's scheduled time. Prints `SAMPLE {json}` every --interval s (the
+--route mixed (the default), in a cycle of 20 requests: 9 POST /agent-tools (over 200 conversations
+RUN-conv-<k>), 9 POST /callback (each completing the pre-seeded task RUN-t<n>, n from 0), 2 GET
+/health. --route agent-tools: only tool calls, each on a new conversation (as bench/wrk/agent_tools.lua);
+--route callback: only callbacks, request n completing RUN-t<n>. A request is an error unless it gets
+200 and the body it should (tool dispatched, task completed, Redis connected). Latency runs from each
+request's scheduled time. Prints READY when the load starts, `SAMPLE {json}` every --interval s (the
 requests finished in it) and `TOTAL {json}` at the end; bounded by a hard deadline.
 """
 
@@ -17,6 +19,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -30,9 +33,23 @@ def callback_task(run: str, n: int) -> str:
     return f"{run}-t{n}"
 
 
-def callback_count(rate: float, duration: float) -> int:
+ROUTES = ("mixed", "agent-tools", "callback")
+CALLBACK_SHARE = {"mixed": 9 / 20, "agent-tools": 0.0, "callback": 1.0}
+
+
+def callback_count(rate: float, duration: float, route: str = "mixed") -> int:
     """How many callback tasks a run needs seeded."""
-    return int(rate * duration * 9 / 20) + 10
+    return int(rate * duration * CALLBACK_SHARE[route]) + 10
+
+
+def request_of(route: str, i: int) -> tuple[str, int]:
+    """Request i of a run: its kind (health, tool, callback) and n, its number among its kind's requests."""
+    if route != "mixed":
+        return ("tool" if route == "agent-tools" else "callback"), i
+    slot, cycle = i % 20, i // 20
+    if slot >= 18:
+        return "health", 0
+    return ("tool" if slot % 2 == 0 else "callback"), cycle * 9 + slot // 2
 
 
 class Stats:
@@ -55,32 +72,37 @@ async def run(args: argparse.Namespace) -> None:
     callback_headers = {"X-Cursor-Runner-Secret": os.environ.get("BENCH_TASK_SECRET", "")}
     pool = conn_pool(args.target, args.connections)
     interval, total = Stats(), Stats()
+    error_kinds: Counter[str] = Counter()  # what failed, for the TOTAL line
 
     async def send(conn: Conn, i: int, due: float) -> None:
-        slot, cycle = i % 20, i // 20
+        kind, n = request_of(args.route, i)
         try:
-            if slot >= 18:
+            if kind == "health":
                 status, reply = await conn.request("GET", "/health")
                 expected = b'"redis":"connected"'
-            elif slot % 2 == 0:
-                conversation = f"{args.run}-conv-{(cycle * 9 + slot // 2) % CONVERSATIONS}"
+            elif kind == "tool":
+                conversation = f"{args.run}-conv-{n % CONVERSATIONS}"
+                if args.route == "agent-tools":  # a new conversation per call, as wrk's agent-tools scenario
+                    conversation = f"{args.run}-new-{n}"
                 body = {"tool_name": "code_task", "tool_args": {"prompt": "Add a health check"}}
                 body |= {"agent_id": "agent_bench", "session_id": "s-bench", "conversation_id": conversation}
                 status, reply = await conn.request("POST", "/agent-tools", body, tools_headers)
                 expected = b'"success":true'
             else:
-                task = callback_task(args.run, cycle * 9 + slot // 2)
+                task = callback_task(args.run, n)
                 status, reply = await conn.request("POST", "/callback", callback_body(task), callback_headers)
                 expected = b'"status":"completed"'  # not an unknown task, not a duplicate
-            ok = status == 200 and expected in reply
-        except ERRORS:
-            ok = False
+            error = None if status == 200 and expected in reply else f"{kind} {status}: {reply[:80]!r}"
+        except ERRORS as e:
+            error = f"{kind}: {type(e).__name__}"
         finally:
             pool.put_nowait(conn)
         latency = time.monotonic() - due
         for stats in (interval, total):
             stats.latencies.append(latency)
-            stats.errors += not ok
+            stats.errors += error is not None
+        if error is not None:
+            error_kinds[error] += 1
 
     async def report() -> None:
         while True:
@@ -89,6 +111,7 @@ async def run(args: argparse.Namespace) -> None:
 
     cpu0, wall0 = time.process_time(), time.monotonic()
     reporter = asyncio.create_task(report())
+    print("READY", flush=True)
     lag, failed = 0.0, None
     try:
         async with asyncio.timeout(args.duration + 60):
@@ -101,6 +124,7 @@ async def run(args: argparse.Namespace) -> None:
         print("SAMPLE " + orjson.dumps(interval.take()).decode(), flush=True)
     summary = total.take() | {"max_lag_ms": round(lag * 1000, 3), "client_cpu_percent": cpu_percent(cpu0, wall0)}
     summary["failed"] = failed
+    summary["error_kinds"] = dict(error_kinds.most_common(5))
     print("TOTAL " + orjson.dumps(summary).decode(), flush=True)
 
 
@@ -112,6 +136,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--route", choices=ROUTES, default="mixed")
     install_uvloop()
     asyncio.run(run(parser.parse_args()))
     sys.exit(0)

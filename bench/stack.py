@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from elevenlabs_agent.redis.server import RedisServer, free_port  # noqa: E402
 from elevenlabs_agent.settings import Settings  # noqa: E402
-from elevenlabs_agent.sim.stack import as_env, service_fields  # noqa: E402
+from elevenlabs_agent.sim.stack import LOOPBACK_HOSTS, as_env, service_fields  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from common import pipe_into_redis, resp  # noqa: E402
@@ -104,6 +105,8 @@ class Stack:
     redis_port: int
     service: subprocess.Popen[bytes] | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    checkout: Path = ROOT  # the service's code, and its Python (another commit's, with bench/load.py --compare)
+    python: str = sys.executable
 
     @property
     def service_pid(self) -> int | None:
@@ -121,6 +124,14 @@ class Stack:
         wait_http(f"http://127.0.0.1:{port}/")
         return f"http://127.0.0.1:{port}", proc.pid
 
+    def seed(self, tasks: dict[str, str]) -> None:
+        """Pending tasks (task id -> conversation id) written by seed_tasks of the service's own
+        checkout, so that their keys have the layout of the code under test."""
+        code = "import json, sys; sys.path.insert(0, 'bench'); import stack; tasks = json.load(sys.stdin); "
+        code += "stack.seed_tasks(int(sys.argv[1]), iter(tasks), tasks.__getitem__)"
+        argv = [self.python, "-c", code, str(self.redis_port)]
+        subprocess.run(argv, input=json.dumps(tasks).encode(), cwd=self.checkout, check=True, timeout=600)
+
     def figures(self) -> tuple[float, int]:
         return proc_figures(self.service_pid) if self.service_pid else (0.0, 0)
 
@@ -136,8 +147,9 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.contextmanager
-def running(args: argparse.Namespace) -> Iterator[Stack]:
-    """The service under test: --target, or one started here with its own Redis and fake runner."""
+def running(args: argparse.Namespace, checkout: Path = ROOT, python: str = sys.executable) -> Iterator[Stack]:
+    """The service under test: --target, or one started here with its own Redis and fake runner; the
+    service is `python -m elevenlabs_agent serve` run in `checkout` (another commit's, with its venv)."""
     if args.target:
         if not args.redis_url:
             raise SystemExit("--target needs --redis-url to seed callback tasks")
@@ -162,15 +174,21 @@ def running(args: argparse.Namespace) -> Iterator[Stack]:
     redis_server.start()
     runner_port, service_port = free_port(), free_port()
     service_log = Path(tmp.name) / "service.log"
-    s = Stack(f"http://127.0.0.1:{service_port}", redis_server.port)
+    s = Stack(f"http://127.0.0.1:{service_port}", redis_server.port, checkout=checkout, python=python)
     try:
         s.procs.append(uvicorn_app("fake_runner:app", runner_port))
+        runner = f"http://127.0.0.1:{runner_port}"
+        # No drain on SIGTERM: nothing is in flight once a run ends, and --compare starts a stack per run.
+        # bench/fanout.py registers its conversations with an ElevenLabs session URL (never dialled).
+        hosts = (*LOOPBACK_HOSTS, "elevenlabs.io", "*.elevenlabs.io")
+        spool = Path(tmp.name) / "spool"
         env |= service_env(
-            s.target, service_port, redis_server.url, f"http://127.0.0.1:{runner_port}", Path(tmp.name) / "spool"
+            s.target, service_port, redis_server.url, runner, spool, drain_seconds=0, session_url_hosts=hosts
         )
+        inherited = {k: v for k, v in os.environ.items() if checkout == ROOT or k != "PYTHONPATH"}
         with service_log.open("wb") as log:  # LOG_LEVEL=warning: small
             s.service = subprocess.Popen(
-                [sys.executable, "-m", "elevenlabs_agent", "serve"], env={**os.environ, **env}, stdout=log
+                [python, "-m", "elevenlabs_agent", "serve"], env={**inherited, **env}, stdout=log, cwd=checkout
             )
         s.procs.append(s.service)
         wait_http(f"http://127.0.0.1:{runner_port}/")
@@ -208,7 +226,6 @@ def seed_tasks(port: int, task_ids: Iterator[str], conversation_of: Callable[[st
     pipe_into_redis(port, commands())
 
 
-def seed_per_thread(port: int, prefix: str, threads: int, per_thread: int) -> None:
-    """Tasks <prefix>-<thread>-<n> (n from 1), as the wrk Lua scripts name them."""
-    ids = (f"{prefix}-{t}-{n}" for t in range(threads) for n in range(1, per_thread + 1))
-    seed_tasks(port, ids, lambda task_id: "conv-cb-" + task_id)
+def per_thread_tasks(prefix: str, threads: int, per_thread: int) -> dict[str, str]:
+    """Tasks <prefix>-<thread>-<n> (n from 1), as the wrk Lua scripts name them, for Stack.seed."""
+    return {f"{prefix}-{t}-{n}": f"conv-cb-{prefix}-{t}-{n}" for t in range(threads) for n in range(1, per_thread + 1)}
