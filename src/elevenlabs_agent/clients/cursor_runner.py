@@ -6,7 +6,7 @@ against aiohttp's 0.43 ms (bench/http_clients.py, same loopback runner).
 
 from __future__ import annotations
 
-import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,7 +50,9 @@ class CursorRunnerClient:
             self._session = aiohttp.ClientSession(
                 headers=self.headers,
                 connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # Bounds the whole call, connecting and slow trickles of the answer included (the timer
+                # runs until the answer is read), with one timer per call; not rounded up to whole seconds.
+                timeout=aiohttp.ClientTimeout(total=self.timeout, ceil_threshold=math.inf),
             )
         return self._session
 
@@ -60,10 +62,8 @@ class CursorRunnerClient:
 
     async def execute_async(self, payload: dict[str, Any]) -> DispatchResult:
         try:
-            # Bounds the whole call, slow trickles included.
-            async with asyncio.timeout(self.timeout):
-                async with self._http().post(self.execute_url, data=orjson.dumps(payload), headers=_JSON) as response:
-                    status, raw = response.status, await response.read()
+            async with self._http().post(self.execute_url, data=orjson.dumps(payload), headers=_JSON) as response:
+                status, raw = response.status, await response.read()
         except TimeoutError:
             return DispatchResult(False, "timeout", detail="cursor-runner did not answer in time")
         except (aiohttp.ClientError, OSError) as exc:
@@ -90,9 +90,8 @@ class CursorRunnerClient:
         """GET /health: 2xx `connected`, any other HTTP answer `unhealthy`, no answer `disconnected`
         (the web front end's three values, SPEC §3.1)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self._http().get(self.health_url) as response:
-                    status = response.status
+            async with self._http().get(self.health_url) as response:
+                status = response.status
         except TimeoutError:
             return Probe("disconnected", "timeout")
         except (aiohttp.ClientError, OSError) as exc:
