@@ -1,8 +1,9 @@
-"""Outbound client cost: httpx vs aiohttp posting dispatches to the loopback fake cursor-runner.
+"""Outbound client cost: httpx, aiohttp and the service's own `clients/http1.py` posting dispatches to
+the loopback fake cursor-runner.
 
     .venv/bin/python bench/http_clients.py [--requests 4000] [--concurrency 50]
 
-Both clients are pooled with keep-alive, as the service uses them; the figure that matters is the
+All three are pooled with keep-alive, as the service uses them; the figure that matters is the
 client's CPU per request (the fake runner runs in its own process). Loopback only, bounded by
 --requests.
 """
@@ -23,6 +24,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+from elevenlabs_agent.clients.http1 import Http1Client  # noqa: E402
 from elevenlabs_agent.redis.server import free_port  # noqa: E402
 
 BODY = {"id": "t", "prompt": "Add a health check", "conversationId": "c", "callbackUrl": "http://x/cb"}
@@ -61,10 +63,20 @@ async def main(url: str, requests: int, concurrency: int) -> None:
 
         await run(aiohttp_post, 200, concurrency)
         ah_rps, ah_cpu = await run(aiohttp_post, requests, concurrency)
+    h1 = Http1Client(url, {}, 10.0, limit=concurrency)
+
+    async def http1_post() -> int:
+        return (await h1.post_json("/cursor/execute/async", orjson.dumps(BODY))).status
+
+    await run(http1_post, 200, concurrency)
+    h1_rps, h1_cpu = await run(http1_post, requests, concurrency)
+    await h1.aclose()
     print(f"{'client':10} {'req/s':>8} {'cpu_us/req':>11}")
     print(f"{'httpx':10} {hx_rps:8.0f} {hx_cpu:11.0f}")
     print(f"{'aiohttp':10} {ah_rps:8.0f} {ah_cpu:11.0f}")
+    print(f"{'http1':10} {h1_rps:8.0f} {h1_cpu:11.0f}")
     print(f"aiohttp/httpx: {ah_rps / hx_rps:.2f}x throughput, {hx_cpu / ah_cpu:.2f}x less CPU per request")
+    print(f"http1/aiohttp: {h1_rps / ah_rps:.2f}x throughput, {ah_cpu / h1_cpu:.2f}x less CPU per request")
 
 
 if __name__ == "__main__":

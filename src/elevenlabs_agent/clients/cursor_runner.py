@@ -1,19 +1,21 @@
 """cursor-runner client: `POST /cursor/execute/async`, which answers at once and calls back later.
 
-aiohttp rather than httpx: on the webhook's critical path httpx cost 6.4 ms of CPU per dispatch
-against aiohttp's 0.43 ms (bench/http_clients.py, same loopback runner).
+Not httpx nor aiohttp: on the webhook's critical path httpx cost 6.4 ms of CPU per dispatch and
+aiohttp about 0.2 ms, most of a tool call's own work; `http1` sends the one prepared request on a
+kept-alive connection (bench/http_clients.py, same loopback runner).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 
-_JSON = {"Content-Type": "application/json"}
+from elevenlabs_agent.clients.http1 import Http1Client, HttpError
+
+EXECUTE_PATH = "/cursor/execute/async"
+HEALTH_PATH = "/health"
 
 
 @dataclass(frozen=True)
@@ -36,38 +38,23 @@ class Probe:
 
 class CursorRunnerClient:
     def __init__(self, base_url: str, secret: str | None, timeout: float) -> None:
-        base = base_url.rstrip("/")
-        self.execute_url = base + "/cursor/execute/async"
-        self.health_url = base + "/health"
-        self.headers = {"X-Webhook-Secret": secret} if secret else {}
+        # One pool of keep-alive connections (a TCP and TLS handshake per webhook would dominate
+        # latency); every call, connecting and a slow trickle of the answer included, is bounded by
+        # `timeout`.
+        self._http = Http1Client(base_url, {"X-Webhook-Secret": secret} if secret else {}, timeout)
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        # One pooled keep-alive session (a TCP and TLS handshake per webhook would dominate latency),
-        # made on first use because aiohttp binds it to the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self.headers,
-                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            )
-        return self._session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.aclose()
 
     async def execute_async(self, payload: dict[str, Any]) -> DispatchResult:
         try:
-            # Bounds the whole call, slow trickles included.
-            async with asyncio.timeout(self.timeout):
-                async with self._http().post(self.execute_url, data=orjson.dumps(payload), headers=_JSON) as response:
-                    status, raw = response.status, await response.read()
+            answer = await self._http.post_json(EXECUTE_PATH, orjson.dumps(payload))
         except TimeoutError:
             return DispatchResult(False, "timeout", detail="cursor-runner did not answer in time")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpError, OSError) as exc:
             return DispatchResult(False, "unreachable", detail=type(exc).__name__)
+        status, raw = answer.status, answer.body
         if status == 401:
             return DispatchResult(False, "unauthorized", 401, "cursor-runner rejected our secret")
         if status >= 300:
@@ -90,12 +77,10 @@ class CursorRunnerClient:
         """GET /health: 2xx `connected`, any other HTTP answer `unhealthy`, no answer `disconnected`
         (the web front end's three values, SPEC §3.1)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self._http().get(self.health_url) as response:
-                    status = response.status
+            status = (await self._http.get(HEALTH_PATH)).status
         except TimeoutError:
             return Probe("disconnected", "timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpError, OSError) as exc:
             return Probe("disconnected", type(exc).__name__)
         return Probe("connected" if 200 <= status < 300 else "unhealthy", f"HTTP {status}")
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from elevenlabs_agent import errors, events
+from elevenlabs_agent.http.access import header
 from elevenlabs_agent.limits import MAX_JSON_DEPTH
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.services import speech
@@ -49,10 +50,15 @@ class BodyError(Exception):
 
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The request body as parsed JSON, enforcing content type (415), size (413) and syntax (400)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return parse_json(await read_body(request, max_bytes))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytearray:
+    """The raw body of a JSON request: content type (415), size (413) and emptiness (400) checked."""
+    content_type = (header(request.scope, b"content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise BodyError(415, "Content-Type must be application/json")
-    declared = request.headers.get("content-length")
+    declared = header(request.scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, f"body is larger than {max_bytes} bytes")
     body = bytearray()
@@ -62,11 +68,17 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             raise BodyError(413, f"body is larger than {max_bytes} bytes")
     if not body.strip():
         raise BodyError(400, "body is empty; a JSON object is required")
+    return body
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """`read_body`'s bytes parsed: syntax (400) and depth (400) checked."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BodyError(400, "body is not valid JSON") from None
-    if _too_deep(parsed, MAX_JSON_DEPTH):
+    # Nesting is never deeper than the brackets in the text: only a body with more needs the walk.
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _too_deep(parsed, MAX_JSON_DEPTH):
         raise BodyError(400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     return parsed
 

@@ -124,8 +124,17 @@ def open_redis(url: str, **options: Any) -> Redis:
     return Redis.from_url(url, **options)
 
 
+# RedisCluster's metaclass is typing's Protocol one, whose isinstance runs in Python: asked on every
+# batch, so the answer is kept per client type (the check is by class, never by shape).
+_CLUSTER_TYPES: dict[type, bool] = {}
+
+
 def is_cluster(client: object) -> TypeGuard[RedisCluster]:
-    return isinstance(client, RedisCluster)
+    kind = type(client)
+    found = _CLUSTER_TYPES.get(kind)
+    if found is None:
+        found = _CLUSTER_TYPES[kind] = isinstance(client, RedisCluster)
+    return found
 
 
 def primaries(client: RedisCluster) -> list[ClusterNode]:

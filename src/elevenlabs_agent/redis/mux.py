@@ -68,13 +68,21 @@ def _error(message: str) -> ResponseError:
 
 
 class _Wire(asyncio.Protocol):
-    """The socket: batches outgoing commands per loop turn and resolves replies in order."""
+    """The socket: batches outgoing commands per loop turn and resolves replies in order.
 
-    def __init__(self) -> None:
+    Each send is one future for all of its replies, and one timer watches the whole connection:
+    every command waits `timeout` at most, sends are answered in order, so the oldest send is always
+    the first to expire (a timer per call cost more than the rest of the client under load)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_error, encoding="utf-8")
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        # Per send, oldest first: its future, how many replies it takes, those received, its deadline.
+        self.pending: deque[tuple[asyncio.Future[list[Any]], int, list[Any], float]] = deque()
         self.outgoing: list[bytes] = []
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,9 +99,12 @@ class _Wire(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(reply)
+            future, count, replies, _ = self.pending[0]
+            replies.append(reply)
+            if len(replies) == count:
+                self.pending.popleft()
+                if not future.done():
+                    future.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.abort(RedisConnectionError("Connection to Redis lost"))
@@ -101,23 +112,40 @@ class _Wire(asyncio.Protocol):
     def abort(self, error: Exception) -> None:
         """Fail everything in flight: after a lost reply, later replies can no longer be matched."""
         self.lost = True
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
-                # A caller awaiting several replies stops at the first failure; the rest of its
-                # futures are never awaited, and asyncio would log each one as an unretrieved error.
-                waiter.exception()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.pending:
+            future = self.pending.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
+                # A caller that was cancelled never awaits its future, and asyncio would log it as an
+                # unretrieved error.
+                future.exception()
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, loop: asyncio.AbstractEventLoop, packed: bytes, count: int) -> list[asyncio.Future[Any]]:
+    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Queue `count` commands (packed) for this loop turn's write; the future gets their replies."""
         if not self.outgoing:
-            loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self.outgoing.append(packed)
-        futures = [loop.create_future() for _ in range(count)]
-        self.waiters.extend(futures)
-        return futures
+        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        deadline = self.loop.time() + self.timeout
+        self.pending.append((future, count, [], deadline))
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._expire)
+        return future
+
+    def _expire(self) -> None:
+        self.timer = None
+        if not self.pending:
+            return
+        deadline = self.pending[0][3]
+        if deadline <= self.loop.time():
+            self.abort(RedisTimeoutError("Timeout reading from Redis"))
+        else:
+            self.timer = self.loop.call_at(deadline, self._expire)
 
     def _flush(self) -> None:
         data = b"".join(self.outgoing)
@@ -141,17 +169,19 @@ class MuxRedis(Redis):
         self._options = connection_options(url)
         self._wire: _Wire | None = None
         self._connecting = asyncio.Lock()
+        # redis-py's callbacks by command name as the stores spell it (its table upper-cases every lookup).
+        self._callbacks: dict[str, Any] = {}
 
     async def _connect(self) -> _Wire:
         async with self._connecting:
             if self._wire is not None and not self._wire.lost:
                 return self._wire
             loop = asyncio.get_running_loop()
-            _, wire = await open_socket(self._options, _Wire, self.timeout)
+            _, wire = await open_socket(self._options, lambda: _Wire(loop, self.timeout), self.timeout)
             try:
                 async with asyncio.timeout(self.timeout):
-                    await set_up(self._options, 2, lambda commands: self._send(loop, wire, commands))
-            except TimeoutError:
+                    await set_up(self._options, 2, lambda commands: wire.send(_pack(commands), len(commands)))
+            except (TimeoutError, RedisTimeoutError):
                 wire.abort(RedisTimeoutError("Timeout reading from Redis"))
                 raise RedisConnectionError(f"Error connecting to Redis at {self._options.where}: timed out") from None
             except BaseException:
@@ -160,25 +190,16 @@ class MuxRedis(Redis):
             self._wire = wire
             return wire
 
-    async def _send(self, loop: asyncio.AbstractEventLoop, wire: _Wire, commands: Sequence[Command]) -> list[Any]:
-        return [await f for f in wire.send(loop, _pack(commands), len(commands))]
-
     async def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
         """Send commands back to back (one write) and return their raw replies, errors as values."""
-        loop = asyncio.get_running_loop()
         packed = _pack(commands)
         for attempt in (1, 2):
             wire = self._wire
             try:
                 if wire is None or wire.lost:
                     wire = await self._connect()
-                futures = wire.send(loop, packed, len(commands))
-                async with asyncio.timeout(self.timeout):
-                    return [await f for f in futures]
-            except TimeoutError:
-                assert wire is not None
-                wire.abort(RedisTimeoutError("Timeout reading from Redis"))
-                raise RedisTimeoutError("Timeout reading from Redis") from None
+                # A reply later than the timeout fails with redis-py's TimeoutError (`_Wire._expire`).
+                return await wire.send(packed, len(commands))
             except RedisConnectionError:
                 if attempt == 2:
                     raise
@@ -192,7 +213,11 @@ class MuxRedis(Redis):
                 return options[EMPTY_RESPONSE]
             return reply
         options.pop(EMPTY_RESPONSE, None)
-        callback = self.response_callbacks.get(command[0])
+        name = command[0]
+        try:
+            callback = self._callbacks[name]
+        except KeyError:
+            callback = self._callbacks[name] = self.response_callbacks.get(name)
         return callback(reply, **options) if callback else reply
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:

