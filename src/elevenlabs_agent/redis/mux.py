@@ -21,8 +21,9 @@ retry across a failover, the CLI's) resend too. Writes that were not idempotent 
 - a conversation create recognises its own record (else: 409 for a create that succeeded);
 - a purge lease recognises its own token (else: "another purge holds the lease" for our own).
 Three keep a bounded, accepted effect: a rate-limit window counts that call twice (stricter by
-one); a callback completion whose answer was lost is answered as a duplicate while housekeeping's
-repair finishes its recording after the grace period (late, never lost); and a relay
+one); a callback completion whose answer was lost is answered as a duplicate (on one server its
+recording ran in the same script, `stores/results.py`; on a cluster housekeeping's repair finishes
+it after the grace period: late, never lost); and a relay
 acknowledgement (`Outbox.ack`, HDEL) whose answer was lost finds its ids already gone, so that
 request answers `acknowledged: []` and skips the "delivered" announcement, log line and metric of
 the ids it did confirm. Its data effect is whole (the tasks are marked delivered first, then their
