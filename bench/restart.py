@@ -307,6 +307,8 @@ def one_round(args: argparse.Namespace, tmp: Path, label: str) -> dict[str, Any]
     runner_port, service_port = free_port(), free_port()
     target = f"http://127.0.0.1:{service_port}"
     extra = {"housekeeping_interval_seconds": args.housekeeping_interval, "drain_seconds": args.drain}
+    if args.max_keys:  # --max-keys 1: housekeeping reads next to nothing, the machine's own noise floor
+        extra["housekeeping_max_keys"] = args.max_keys
     # Loopback: the probe's unknown path answers 404 instead of asking for the proxy's identity.
     extra["browser_auth"] = "none"
     env = service_env(target, service_port, redis_server.url, f"http://127.0.0.1:{runner_port}", tmp / "spool", **extra)
@@ -330,10 +332,16 @@ def one_round(args: argparse.Namespace, tmp: Path, label: str) -> dict[str, Any]
         me = [sys.executable, str(Path(__file__).resolve())]
         common = ["--target", target, "--duration", str(total)]
         load = subprocess.Popen(
-            [*me, "--client", "load", *common, "--out", str(files["load"]), "--run", run, "--rate", str(args.rate)]
+            [*me, "--client", "load", *common, "--out", str(files["load"]), "--run", run, "--rate", str(args.rate)],
+            stdout=subprocess.PIPE,
         )
-        probe = subprocess.Popen([*me, "--client", "probe", *common, "--out", str(files["probe"])])
+        probe = subprocess.Popen(
+            [*me, "--client", "probe", *common, "--out", str(files["probe"])], stdout=subprocess.PIPE
+        )
         procs += [load, probe]
+        for proc in (load, probe):  # started: their imports take seconds on a busy machine
+            assert proc.stdout is not None
+            proc.stdout.readline()
         time.sleep(args.before)
         stopped = time.time()
         service.stop()
@@ -404,9 +412,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second (fixed)")
     parser.add_argument("--before", type=float, default=10.0, help="seconds of load before the restart")
     parser.add_argument("--after", type=float, default=30.0, help="seconds measured after ready")
-    parser.add_argument("--restart-budget", type=float, default=10.0, help="load seconds allowed for the restart")
+    parser.add_argument("--restart-budget", type=float, default=20.0, help="load seconds allowed for the restart")
     parser.add_argument("--drain", type=float, default=1.0, help="DRAIN_SECONDS of the service")
     parser.add_argument("--housekeeping-interval", type=float, default=30.0)
+    parser.add_argument("--max-keys", type=int, help="HOUSEKEEPING_MAX_KEYS of the service (default: its own)")
     parser.add_argument(
         "--pass-wait", type=float, default=120.0, help="seconds to wait for a first pass after the load"
     )
@@ -421,6 +430,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.client:
         install_uvloop()
+        print("started", flush=True)
         out = asyncio.run(load_client(args) if args.client == "load" else probe_client(args))
         Path(args.out).write_text(json.dumps(out))
         return
@@ -430,6 +440,7 @@ def main() -> None:
         for repo in repos:
             round_args = argparse.Namespace(**{**vars(args), "repo": repo})
             label = f"round {n + 1}: {Path(repo).name if repo else 'this checkout'}"
+            label += f", HOUSEKEEPING_MAX_KEYS={args.max_keys}" if args.max_keys else ""
             with tempfile.TemporaryDirectory(prefix="restart-bench-") as tmp:
                 result = one_round(round_args, Path(tmp), label)
             show(result)

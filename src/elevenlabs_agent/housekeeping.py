@@ -45,10 +45,12 @@ MAX_RECOVERY_BATCH = 1000
 # a pass may take, and the longest pause after one batch.
 SCAN_BATCH = 200
 DUTY = 0.2
-MAX_PAUSE = 0.5
-# Repairs and re-pushes are started this many at a time, with a pause in between: up to
-# MAX_RECOVERY_BATCH of each can be due at once after an outage or a restart.
+MAX_PAUSE = 0.1
+# Repairs and re-pushes are started this many at a time, at least RECOVERY_PAUSE apart: up to
+# MAX_RECOVERY_BATCH of each can be due at once after an outage or a restart, and a re-push runs
+# after it is spawned, where the pacer does not see its cost.
 RECOVERY_STEP = 50
+RECOVERY_PAUSE = 0.05
 
 
 class Pacer:
@@ -62,8 +64,9 @@ class Pacer:
         self.max_pause = max_pause
         self.mark = time.thread_time()
 
-    async def __call__(self) -> None:
-        await asyncio.sleep(min(self.max_pause, (time.thread_time() - self.mark) * self.ratio))
+    async def __call__(self, at_least: float = 0.0) -> None:
+        pause = min(self.max_pause, (time.thread_time() - self.mark) * self.ratio)
+        await asyncio.sleep(max(at_least, pause))
         self.mark = time.thread_time()
 
 
@@ -122,11 +125,11 @@ class Housekeeper(BackgroundLoop):
             )
             for ids in _steps(tasks.unrecorded):
                 await self.runtime.callbacks.repair(ids)
-                await pace()
+                await pace(RECOVERY_PAUSE)
             for conversation_ids in _steps(waiting.stale_conversations):
                 for conversation_id in conversation_ids:
                     self.runtime.delivery.spawn(self.runtime.delivery.redeliver(conversation_id))
-                await pace()
+                await pace(RECOVERY_PAUSE)
             indexed = await stores.conversations.repair_indexes(self.max_keys, SCAN_BATCH, pace)
             if indexed:
                 log.info(events.CONVERSATION_INDEX_REPAIRED, entries=indexed)
