@@ -391,6 +391,11 @@ def show(result: dict[str, Any]) -> None:
         print(f"  housekeeping pass ended {p['ended_s_after_ready']} s after ready, took {p['seconds']} s")
     if not result["housekeeping_passes"]:
         print("  no housekeeping pass ended in the time given")
+    p99s = sorted(r["p99_ms"] for r in result["per_second"] if r["p99_ms"] is not None)
+    if p99s:
+        over = sum(p > 50 for p in p99s)
+        print(f"  per-second p99 after ready: median {p99s[len(p99s) // 2]} ms, worst {p99s[-1]} ms,")
+        print(f"    {over} of {len(p99s)} seconds above 50 ms")
     steady = result["before_restart"]
     worst = max((r["p99_ms"] or 0 for r in steady), default=0)
     print(f"  before the restart: worst per-second p99 {worst} ms over {len(steady)} s")

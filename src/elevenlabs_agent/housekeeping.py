@@ -13,11 +13,12 @@ each one does this; every step is idempotent and repeated pushes carry the same 
 is harmless.
 
 A pass runs on the event loop that serves requests, so it is paced (`Pacer`): keys are read
-SCAN_BATCH at a time, and after each batch the pass sleeps for (1 - DUTY) / DUTY times as long as
-the batch took. It never holds the loop for more than one small batch, and takes about DUTY of the
-loop's time, less under load (its round trips then take longer, and so do its pauses). 200,000 tasks
-read at once held the loop for seconds at a time after a restart; paced, the pass takes longer
-(`keyspace_scan_duration_seconds` is its wall time) and requests keep their latency.
+SCAN_BATCH at a time, and after each batch the pass sleeps (1 - DUTY) / DUTY times the CPU time the
+loop used since the previous pause (at most MAX_PAUSE). It never holds the loop for more than one
+small batch and takes about DUTY of the loop's time when idle, less under load (requests served
+meanwhile count, so its pauses grow). Read in batches of 1,000 without pauses, 200,000 tasks held
+requests back for seconds after a restart (bench/restart.py); paced, the pass takes longer
+(`keyspace_scan_duration_seconds` is its wall time, pauses included) and requests keep their latency.
 
 Process-level: it drives the services of one `Runtime`, and every scan goes through the store that
 owns the key family.
