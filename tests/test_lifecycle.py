@@ -30,6 +30,7 @@ from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
+from elevenlabs_agent.stores.tasks import TaskStore
 from tests.conftest import StackFactory, eventually
 from tests.helpers import BROWSER_IDENTITY, tool_call
 from tests.serve_proc import ServeProcess, ServeProcesses, wait_status
@@ -782,6 +783,25 @@ async def test_housekeeping_repairs_a_callback_cut_short_between_its_round_trips
     repaired = [r for r in service_logs.records() if r.get("event") == events.CALLBACK_RECORDING_REPAIRED]
     assert [r.get("taskId") for r in repaired] == [task_id], repaired
     await voice.close()
+
+
+async def test_a_paced_scan_sees_what_an_unpaced_one_does_and_pauses_between_batches(redis: aioredis.Redis) -> None:
+    """Housekeeping walks the keyspace in small batches with a pause in between (housekeeping.Pacer):
+    the summary it gets is the one an unpaced scan gets."""
+    for n in range(30):
+        fields = {"taskId": f"t{n}", "status": "completed" if n % 3 == 0 else "pending"}
+        await redis.hset(f"cursor_task:t{n}", mapping=fields | {"createdAt": "2026-01-01T00:00:00.000Z"})
+    store = TaskStore(redis)
+    pauses = 0
+
+    async def pace() -> None:
+        nonlocal pauses
+        pauses += 1
+
+    paced = await store.summary(count=5, pace=pace)
+    assert paced.by_status == (await store.summary()).by_status == {"completed": 10, "pending": 20}
+    assert paced.stuck_pending == 20
+    assert pauses >= 2, "one pause per batch read"
 
 
 async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registration(

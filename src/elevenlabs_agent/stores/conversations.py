@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
 from elevenlabs_agent.stores.conversation_scripts import create_script, upsert_message_script
-from elevenlabs_agent.stores.keyspace import zscan_members
+from elevenlabs_agent.stores.keyspace import Pace, zscan_members
 from elevenlabs_agent.timeutil import parse_iso
 
 KEY_PREFIX = "elevenlabs:conversation:"
@@ -279,10 +279,11 @@ class ConversationStore:
             hashes = await pipe.execute()
         return [Conversation.from_hash(h) for h in hashes if h], total
 
-    async def repair_indexes(self, max_keys: int, batch: int = 500) -> int:
+    async def repair_indexes(self, max_keys: int, batch: int = 500, pace: Pace | None = None) -> int:
         """Backfill the secondary indexes from the createdAt index (conversations stored before they
         existed, or a write cut short between pipeline steps on Cluster); on Cluster also refresh the
-        message counts of the `max_keys` most recently accessed conversations. Bounded by `max_keys`.
+        message counts of the `max_keys` most recently accessed conversations. Bounded by `max_keys`,
+        `batch` conversations at a time, `pace` awaited between batches (stores/keyspace.py).
         Returns how many index entries were added or changed."""
         changed = 0
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -290,15 +291,15 @@ class ConversationStore:
                 pipe.zcard(index)
             sizes = await pipe.execute()
         if min(sizes[1:]) < sizes[0]:
-            changed += await self._backfill(max_keys, batch)
+            changed += await self._backfill(max_keys, batch, pace)
         if self.cluster:
-            changed += await self._refresh_counts(max_keys, batch)
+            changed += await self._refresh_counts(max_keys, batch, pace)
         return changed
 
-    async def _backfill(self, max_keys: int, batch: int) -> int:
+    async def _backfill(self, max_keys: int, batch: int, pace: Pace | None) -> int:
         added = 0
         seen = 0
-        async for ids in zscan_members(self.redis, INDEX_KEY, batch):
+        async for ids in zscan_members(self.redis, INDEX_KEY, batch, pace):
             hashes = await self._scores(ids)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversation_id, (accessed_ms, count) in zip(ids, hashes, strict=True):
@@ -313,7 +314,7 @@ class ConversationStore:
                 break
         return added
 
-    async def _refresh_counts(self, max_keys: int, batch: int) -> int:
+    async def _refresh_counts(self, max_keys: int, batch: int, pace: Pace | None) -> int:
         changed = 0
         for start in range(0, max_keys, batch):
             ids = cast(Ids, await self.redis.zrevrange(ACCESSED_INDEX_KEY, start, start + batch - 1))
@@ -325,6 +326,8 @@ class ConversationStore:
                     if accessed_ms is not None:
                         pipe.zadd(COUNT_INDEX_KEY, {conversation_id: count}, gt=True, ch=True)
                 changed += sum(await pipe.execute())
+            if pace is not None:
+                await pace()
         return changed
 
     async def _scores(self, ids: Ids) -> Scores:

@@ -2,11 +2,15 @@
 
 Never KEYS: it blocks Redis for the whole keyspace. On a Redis Cluster every master is scanned in
 turn. SCAN may return a key twice; every caller's action is idempotent, so that is harmless.
+
+A caller walking the keyspace on the loop that serves requests (housekeeping) passes `pace`: it is
+awaited after each batch the caller has dealt with, before the next one is read, so the walk gives
+the loop back between batches for as long as the caller decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,14 +21,18 @@ from elevenlabs_agent.redis.clients import is_cluster, primaries
 
 SCAN_COUNT = 1000
 MEMORY_SAMPLE = 50
+# Awaited between two batches of a walk (see the module docstring).
+Pace = Callable[[], Awaitable[None]]
 
 
-async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> AsyncIterator[list[str]]:
+async def scan_batches(
+    redis: Redis, pattern: str, count: int = SCAN_COUNT, pace: Pace | None = None
+) -> AsyncIterator[list[str]]:
     """Batches of key names matching `pattern`."""
     if is_cluster(redis):
         await redis.initialize()  # a new client knows no nodes before its first command
         for node in primaries(redis):
-            async for node_keys in scan_node_batches(redis, node, pattern, count):
+            async for node_keys in scan_node_batches(redis, node, pattern, count, pace):
                 yield node_keys
         return
     cursor = 0
@@ -32,12 +40,14 @@ async def scan_batches(redis: Redis, pattern: str, count: int = SCAN_COUNT) -> A
         cursor, keys = await redis.scan(cursor=cursor, match=pattern, count=count)
         if keys:
             yield cast(list[str], keys)
+            if pace is not None:
+                await pace()
         if cursor == 0:
             return
 
 
 async def scan_node_batches(
-    redis: RedisCluster, node: ClusterNode, pattern: str, count: int = SCAN_COUNT
+    redis: RedisCluster, node: ClusterNode, pattern: str, count: int = SCAN_COUNT, pace: Pace | None = None
 ) -> AsyncIterator[list[str]]:
     """SCAN one cluster node: the keys it holds. (redis-py's own cluster SCAN answers a cursor per
     node, which one loop over all masters cannot pass back.)"""
@@ -49,27 +59,33 @@ async def scan_node_batches(
         cursor = cursors[node.name]
         if keys:
             yield cast(list[str], keys)
+            if pace is not None:
+                await pace()
         if cursor == 0:
             return
 
 
-async def count_keys(redis: Redis, pattern: str, max_keys: int | None = None) -> int:
+async def count_keys(
+    redis: Redis, pattern: str, max_keys: int | None = None, count: int = SCAN_COUNT, pace: Pace | None = None
+) -> int:
     """Keys matching `pattern`; with `max_keys`, stops after about that many (a bounded view)."""
-    count = 0
-    async for keys in scan_batches(redis, pattern):
-        count += len(keys)
-        if max_keys is not None and count >= max_keys:
+    found = 0
+    async for keys in scan_batches(redis, pattern, count, pace):
+        found += len(keys)
+        if max_keys is not None and found >= max_keys:
             break
-    return count
+    return found
 
 
-async def zscan_members(redis: Redis, zset: str, count: int) -> AsyncIterator[list[str]]:
+async def zscan_members(redis: Redis, zset: str, count: int, pace: Pace | None = None) -> AsyncIterator[list[str]]:
     """Batches of the members of one sorted set, by ZSCAN (never one ZRANGE of the whole set)."""
     cursor = 0
     while True:
         cursor, entries = await redis.zscan(zset, cursor, count=count)
         if entries:
             yield [cast(str, member) for member, _ in entries]
+            if pace is not None:
+                await pace()
         if cursor == 0:
             return
 

@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from elevenlabs_agent.stores.batch import Batch
-from elevenlabs_agent.stores.keyspace import scan_batches
+from elevenlabs_agent.stores.keyspace import SCAN_COUNT, Pace, scan_batches
 
 STREAM_PREFIX = "elevenlabs:events:"
 PENDING_PREFIX = "elevenlabs:pending:"
@@ -138,16 +138,23 @@ class Outbox:
         return [t for t, n in zip(task_ids, removed, strict=True) if n]
 
     async def waiting(
-        self, *, max_keys: int | None = None, stale_after: float | None = None, max_stale: int = 1000
+        self,
+        *,
+        max_keys: int | None = None,
+        stale_after: float | None = None,
+        max_stale: int = 1000,
+        count: int = SCAN_COUNT,
+        pace: Pace | None = None,
     ) -> WaitingResults:
         """Results no channel has confirmed yet: how many and the oldest one's age; with
         `stale_after`, also the conversations (at most `max_stale`) whose oldest result has waited
-        at least that many seconds. With `max_keys`, stops after about that many keys.
+        at least that many seconds. With `max_keys`, stops after about that many keys. `count` keys
+        per SCAN, `pace` between batches (stores/keyspace.py).
 
         A result's age comes from its stream id, whose first part is its publication time in ms.
         """
         waiting, scanned, now_ms = WaitingResults(), 0, time.time() * 1000
-        async for keys in scan_batches(self.redis, PENDING_SCAN_PATTERN):
+        async for keys in scan_batches(self.redis, PENDING_SCAN_PATTERN, count, pace):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hvals(key)

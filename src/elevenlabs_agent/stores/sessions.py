@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from elevenlabs_agent.stores import lua
 from elevenlabs_agent.stores.batch import Batch
-from elevenlabs_agent.stores.keyspace import count_keys
+from elevenlabs_agent.stores.keyspace import SCAN_COUNT, Pace, count_keys
 
 KEY_PREFIX = "elevenlabs:session:"
 SCAN_PATTERN = KEY_PREFIX + "*"
@@ -74,6 +74,7 @@ class SessionStore:
         h = cast(dict[str, str], await self.redis.hgetall(key(conversation_id)))
         return h or None
 
-    async def count(self, max_keys: int | None = None) -> int:
-        """Live sessions; with `max_keys`, stops after about that many (a bounded view)."""
-        return await count_keys(self.redis, SCAN_PATTERN, max_keys)
+    async def count(self, max_keys: int | None = None, *, count: int = SCAN_COUNT, pace: Pace | None = None) -> int:
+        """Live sessions; with `max_keys`, stops after about that many (a bounded view). `count` keys
+        per SCAN, `pace` between batches (stores/keyspace.py)."""
+        return await count_keys(self.redis, SCAN_PATTERN, max_keys, count, pace)

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from elevenlabs_agent.stores import lua
 from elevenlabs_agent.stores.batch import Batch
-from elevenlabs_agent.stores.keyspace import scan_batches
+from elevenlabs_agent.stores.keyspace import SCAN_COUNT, Pace, scan_batches
 from elevenlabs_agent.timeutil import age_seconds
 
 KEY_PREFIX = "cursor_task:"
@@ -284,14 +284,17 @@ class TaskStore:
         max_keys: int | None = None,
         unrecorded_after: float | None = None,
         max_unrecorded: int = 1000,
+        count: int = SCAN_COUNT,
+        pace: Pace | None = None,
     ) -> TaskSummary:
         """Tasks per status, the oldest pending one's age and how many are stuck (pending longer than
         `stuck_age`). With `max_keys`, stops after about that many keys (a bounded, partial view).
         With `unrecorded_after`, also the ids (at most `max_unrecorded`) of tasks whose callback was
-        stored at least that many seconds ago but whose recording never finished."""
+        stored at least that many seconds ago but whose recording never finished. `count` keys per
+        SCAN, `pace` between batches (stores/keyspace.py)."""
         summary = TaskSummary()
         now = time.time()
-        async for keys in scan_batches(self.redis, SCAN_PATTERN):
+        async for keys in scan_batches(self.redis, SCAN_PATTERN, count, pace):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_key in keys:
                     pipe.hmget(task_key, ["status", "createdAt", "taskId", "callbackAt", "recordedAt"])
@@ -309,7 +312,8 @@ class TaskStore:
                     callback_age = age_seconds(callback_at, now)
                     if callback_age is not None and callback_age >= unrecorded_after:
                         summary.unrecorded.append(task_id)
-                summary.add(status, age_seconds(created, now), stuck_age)
+                # Only a pending task's age is used: most tasks are done, and parsing is the cost here.
+                summary.add(status, age_seconds(created, now) if status == "pending" else None, stuck_age)
             summary.scanned += len(keys)
             if max_keys is not None and summary.scanned >= max_keys:
                 break
