@@ -20,7 +20,7 @@ from elevenlabs_agent.stores.conversations import key as conversation_key
 from elevenlabs_agent.stores.outbox import Outbox, pending_key
 from elevenlabs_agent.stores.sessions import SessionStore
 from elevenlabs_agent.stores.sessions import key as session_key
-from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.stores.tasks import NewTask, TaskStore, hash_token
 from elevenlabs_agent.stores.tasks import key as task_key
 from elevenlabs_agent.stores.tool_calls import Recorded as ToolCallRecorded
 from elevenlabs_agent.stores.tool_calls import ToolCallRecorder
@@ -34,14 +34,7 @@ RESULT: dict[str, Any] = {"success": True, "requestId": "", "output": 'done: "ok
 async def _seed(tasks: TaskStore, task_id: str, conversation_id: str) -> None:
     batch = tasks.batch()
     tasks.queue_create(
-        batch,
-        task_id=task_id,
-        conversation_id=conversation_id,
-        tool_name="code_task",
-        tool_args=TOOL_ARGS,
-        prompt="p",
-        token_hash=hash_token("secret-" + task_id),
-        now=NOW,
+        batch, NewTask(task_id, conversation_id, "code_task", TOOL_ARGS, "p", hash_token("secret-" + task_id), NOW)
     )
     await batch.run()
 
@@ -113,14 +106,16 @@ async def test_tool_call_one_step_writes_what_two_steps_write(redis_server: Redi
     def message(task_id: str) -> dict[str, Any]:
         return {"role": "tool", "content": "Started.", "timestamp": NOW, "toolArgs": TOOL_ARGS, "taskId": task_id}
 
-    task = {"tool_name": "code_task", "tool_args": TOOL_ARGS, "prompt": "p ✓", "token_hash": "h", "now": NOW}
+    def task(task_id: str, conversation_id: str = "") -> NewTask:
+        return NewTask(task_id, conversation_id, "code_task", TOOL_ARGS, "p ✓", "h", NOW)
+
     one = await recorder.resolve_and_record(
-        ["el-unknown", "el-one"], None, task_id="tool-one", message=message("tool-one"), reason="tool_call", **task
+        ["el-unknown", "el-one"], None, task("tool-one"), message=message("tool-one"), reason="tool_call"
     )
     assert one == ToolCallRecorded("conv-tool-one", aliased=True, written="stored")
     # The two steps, as on a cluster (the alias resolved before).
     batch = tasks.batch()
-    tasks.queue_create(batch, task_id="tool-two", conversation_id="conv-tool-two", **task)
+    tasks.queue_create(batch, task("tool-two", "conv-tool-two"))
     conversations.queue_upsert_message(
         batch, "conv-tool-two", message("tool-two"), now=NOW, reason="tool_call", task_id="tool-two", create=True
     )
@@ -143,13 +138,13 @@ async def test_tool_call_one_step_writes_what_two_steps_write(redis_server: Redi
 
     # Not aliased: the webhook's own conversation id.
     own = await recorder.resolve_and_record(
-        ["el-own"], "el-own", task_id="tool-own", message=message("tool-own"), reason="tool_call", **task
+        ["el-own"], "el-own", task("tool-own"), message=message("tool-own"), reason="tool_call"
     )
     assert own == ToolCallRecorded("el-own", aliased=False, written="stored")
     assert await redis.hget(task_key("tool-own"), "conversationId") == "el-own"
     # No alias and no conversation id of its own: nothing is written.
     none = await recorder.resolve_and_record(
-        ["el-unknown"], None, task_id="tool-none", message=message("tool-none"), reason="tool_call", **task
+        ["el-unknown"], None, task("tool-none"), message=message("tool-none"), reason="tool_call"
     )
     assert none == ToolCallRecorded(None)
     assert not await redis.exists(task_key("tool-none"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from elevenlabs_agent.services import speech
 from elevenlabs_agent.stores.aliases import AliasStore
 from elevenlabs_agent.stores.conversations import ConversationStore, Upserted
 from elevenlabs_agent.stores.sessions import SessionStore
-from elevenlabs_agent.stores.tasks import TaskStore, hash_token
+from elevenlabs_agent.stores.tasks import NewTask, TaskStore, hash_token
 from elevenlabs_agent.stores.tool_calls import ToolCallRecorder
 from elevenlabs_agent.timeutil import now_iso
 
@@ -132,24 +133,17 @@ class ToolService:
             "status": "pending",
             "taskId": task_id,
         }
+        # The conversation id is filled in once resolved (below, or by the one-step script).
+        task = NewTask(task_id, "", call.tool_name, call.args, prompt, hash_token(token), now)
         if self.recorder.available:
             recorded = await self.recorder.resolve_and_record(
-                _external_ids(call),
-                call.conversation_id,
-                task_id=task_id,
-                tool_name=call.tool_name,
-                tool_args=call.args,
-                prompt=prompt,
-                token_hash=hash_token(token),
-                message=message,
-                reason=REASON,
-                now=now,
+                _external_ids(call), call.conversation_id, task, message=message, reason=REASON
             )
             conversation_id, written = _mapped(call, recorded.conversation_id, recorded.aliased), recorded.written
         else:
             found = await self.aliases.resolve(_external_ids(call))
             conversation_id = _mapped(call, found or call.conversation_id, found is not None)
-            written = await self._create(call, conversation_id, task_id, prompt, token, message)
+            written = await self._create(replace(task, conversation_id=conversation_id), message)
         if written == "full":
             await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
             metrics.WEBHOOKS.labels("conversation_full").inc()
@@ -157,26 +151,14 @@ class ToolService:
         log.info(events.TASK_CREATED, taskId=task_id, conversationId=conversation_id, toolName=call.tool_name)
         return conversation_id, message
 
-    async def _create(
-        self, call: ToolCall, conversation_id: str, task_id: str, prompt: str, token: str, message: dict[str, Any]
-    ) -> Upserted:
+    async def _create(self, task: NewTask, message: dict[str, Any]) -> Upserted:
         # One round trip: the task must exist before cursor-runner can possibly call back.
-        now = message["timestamp"]
         batch = self.tasks.batch()
-        self.tasks.queue_create(
-            batch,
-            task_id=task_id,
-            conversation_id=conversation_id,
-            tool_name=call.tool_name,
-            tool_args=call.args,
-            prompt=prompt,
-            token_hash=hash_token(token),
-            now=now,
-        )
+        self.tasks.queue_create(batch, task)
         written = self.conversations.queue_upsert_message(
-            batch, conversation_id, message, now=now, reason=REASON, task_id=task_id, create=True
+            batch, task.conversation_id, message, now=task.now, reason=REASON, task_id=task.task_id, create=True
         )
-        self.sessions.queue_note_task(batch, conversation_id, task_id, now)
+        self.sessions.queue_note_task(batch, task.conversation_id, task.task_id, task.now)
         await batch.run()
         return written.value
 

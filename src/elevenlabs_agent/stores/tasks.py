@@ -179,6 +179,19 @@ class TaskSummary:
                 self.stuck_pending += age >= stuck_age
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """A pending task as a tool call creates it (`TaskStore.queue_create`, `ToolCallRecorder`)."""
+
+    task_id: str
+    conversation_id: str
+    tool_name: str
+    tool_args: dict[str, Any]
+    prompt: str
+    token_hash: str
+    now: str
+
+
 class TaskStore:
     def __init__(self, redis: Redis, ttl: int = DEFAULT_TTL) -> None:
         self.redis = redis
@@ -189,51 +202,21 @@ class TaskStore:
     def batch(self) -> Batch:
         return Batch(self.redis)
 
-    def queue_create(
-        self,
-        batch: Batch,
-        *,
-        task_id: str,
-        conversation_id: str,
-        tool_name: str,
-        tool_args: dict[str, Any],
-        prompt: str,
-        token_hash: str,
-        now: str,
-    ) -> None:
-        args = self.creation_args(
-            task_id=task_id,
-            conversation_id=conversation_id,
-            tool_name=tool_name,
-            tool_args=tool_args,
-            prompt=prompt,
-            token_hash=token_hash,
-            now=now,
-        )
-        batch.eval(lua.HSET_WITH_TTL, [key(task_id)], args)
+    def queue_create(self, batch: Batch, task: NewTask) -> None:
+        batch.eval(lua.HSET_WITH_TTL, [key(task.task_id)], self.creation_args(task))
 
-    def creation_args(
-        self,
-        *,
-        task_id: str,
-        conversation_id: str,
-        tool_name: str,
-        tool_args: dict[str, Any],
-        prompt: str,
-        token_hash: str,
-        now: str,
-    ) -> list[str | int]:
+    def creation_args(self, task: NewTask) -> list[str | int]:
         """The ARGV of lua.HSET_WITH_TTL that creates a pending task."""
         fields = {
-            "taskId": task_id,
-            "conversationId": conversation_id,
-            "toolName": tool_name,
-            "toolArgs": orjson.dumps(tool_args).decode(),
-            "prompt": prompt,
+            "taskId": task.task_id,
+            "conversationId": task.conversation_id,
+            "toolName": task.tool_name,
+            "toolArgs": orjson.dumps(task.tool_args).decode(),
+            "prompt": task.prompt,
             "status": "pending",
-            "createdAt": now,
-            "updatedAt": now,
-            "tokenHash": token_hash,
+            "createdAt": task.now,
+            "updatedAt": task.now,
+            "tokenHash": task.token_hash,
         }
         args: list[str | int] = [self.ttl]
         for name, value in fields.items():

@@ -12,7 +12,7 @@ records in a second round trip. The script is the stores' own scripts wrapped as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -22,7 +22,7 @@ from elevenlabs_agent.redis.clients import is_cluster
 from elevenlabs_agent.stores import aliases, conversations, lua, sessions, tasks
 from elevenlabs_agent.stores.conversation_scripts import upsert_message_script
 from elevenlabs_agent.stores.conversations import ConversationStore, Upserted
-from elevenlabs_agent.stores.tasks import TaskStore
+from elevenlabs_agent.stores.tasks import NewTask, TaskStore
 
 # KEYS: task, the three conversation indexes, then the alias of each external id in order. ARGV: the
 # fallback conversation id ('' for none), now, the message JSON, task id, max messages, score (ms),
@@ -80,27 +80,16 @@ class ToolCallRecorder:
         self,
         external_ids: list[str],
         fallback: str | None,
+        task: NewTask,
         *,
-        task_id: str,
-        tool_name: str,
-        tool_args: dict[str, Any],
-        prompt: str,
-        token_hash: str,
         message: dict[str, Any],
         reason: str,
-        now: str,
     ) -> Recorded:
         """What `AliasStore.resolve`, then `TaskStore.queue_create`, `ConversationStore.queue_upsert_message`
         (create, capped) and `SessionStore.queue_note_task` do, in one step."""
-        creation = self.tasks.creation_args(
-            task_id=task_id,
-            conversation_id="",
-            tool_name=tool_name,
-            tool_args=tool_args,
-            prompt=prompt,
-            token_hash=token_hash,
-            now=now,
-        )
+        # The script writes the conversation id it resolves; `task.conversation_id` is not read.
+        creation = self.tasks.creation_args(replace(task, conversation_id=""))
+        task_id, now = task.task_id, task.now
         args: list[Any] = [fallback or "", now, orjson.dumps(message).decode(), task_id]
         args += [self.conversations.max_messages, conversations.score_ms(now)]
         args += [*lua.around({"conversationId": "", "reason": reason}, "conversationId")]
