@@ -133,25 +133,7 @@ def run_fanout(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     argv = [sys.executable, str(ROOT / "bench" / "fanout.py"), "--target", s.target, "--run", run]
     argv += ["--subscribers", str(args.subscribers), "--rate", str(args.fanout_rate)]
     argv += ["--duration", str(args.duration), "--grace", "10"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=bench_env())
-    watchdog = threading.Timer(args.duration + 120, proc.kill)  # fanout.py bounds itself; this is a backstop
-    watchdog.start()
-    figures: dict[str, Any] = {}
-    before, started = s.figures(), time.monotonic()
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("READY"):
-            before, started = s.figures(), time.monotonic()
-        elif line.startswith("FANOUT "):
-            after, seconds = s.figures(), time.monotonic() - started
-            figures = json.loads(line[7:])
-            if s.service_pid:
-                figures["cpu_percent"] = round((after[0] - before[0]) / seconds * 100)
-                figures["rss_mb"] = round(after[1] / 1e6, 1)
-    proc.wait()
-    watchdog.cancel()
-    if not figures:
-        raise SystemExit(f"fanout.py printed no figures (exit {proc.returncode})")
+    figures = child_figures(s, argv, "FANOUT ", args.duration)
     figures["non2xx"] = figures["errors"]
     return figures
 
@@ -164,8 +146,14 @@ def run_open_loop(s: Stack, route: str, rate: float, args: argparse.Namespace) -
     s.seed({callback_task(run, n): f"{run}-conv-{n % CONVERSATIONS}" for n in range(count)})
     argv = [sys.executable, str(ROOT / "bench" / "rate.py"), "--target", s.target, "--run", run, "--route", route]
     argv += ["--rate", str(rate), "--duration", str(args.duration), "--interval", str(args.duration + 120)]
+    return {"offered_rps": rate, **child_figures(s, argv, "TOTAL ", args.duration)}
+
+
+def child_figures(s: Stack, argv: list[str], marker: str, duration: float) -> dict[str, Any]:
+    """Run a bench client (fanout.py, rate.py: each bounds itself) and return the JSON of its `marker`
+    line, with the service's CPU and RSS between its READY line and that one."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=bench_env())
-    watchdog = threading.Timer(args.duration + 120, proc.kill)  # rate.py bounds itself; this is a backstop
+    watchdog = threading.Timer(duration + 120, proc.kill)  # a backstop
     watchdog.start()
     figures: dict[str, Any] = {}
     before, started = s.figures(), time.monotonic()
@@ -173,16 +161,16 @@ def run_open_loop(s: Stack, route: str, rate: float, args: argparse.Namespace) -
     for line in proc.stdout:
         if line.startswith("READY"):
             before, started = s.figures(), time.monotonic()
-        elif line.startswith("TOTAL "):
+        elif line.startswith(marker):
             after, seconds = s.figures(), time.monotonic() - started
-            figures = {"offered_rps": rate, **json.loads(line[6:])}
+            figures = json.loads(line[len(marker) :])
             if s.service_pid:
                 figures["cpu_percent"] = round((after[0] - before[0]) / seconds * 100)
                 figures["rss_mb"] = round(after[1] / 1e6, 1)
     proc.wait()
     watchdog.cancel()
     if not figures:
-        raise SystemExit(f"rate.py printed no figures (exit {proc.returncode})")
+        raise SystemExit(f"{Path(argv[1]).name} printed no figures (exit {proc.returncode})")
     return figures
 
 
