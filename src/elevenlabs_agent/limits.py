@@ -48,6 +48,13 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_CALLBACK_BODY_BYTES = 16 * 1_048_576
 MAX_JSON_DEPTH = 32
 
+
+def shallow_by_count(raw: bytes | bytearray) -> bool:
+    """True when the JSON text cannot nest deeper than MAX_JSON_DEPTH: it has no more brackets than
+    that (counting those in strings too). Only other texts need their parsed value walked."""
+    return raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH
+
+
 NOT_AN_OBJECT = "body must be a JSON object"
 
 # A request header kept for logs or CORS (X-Request-ID, Origin): longer or unprintable is ignored.

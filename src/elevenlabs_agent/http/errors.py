@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from elevenlabs_agent import errors, events
 from elevenlabs_agent.http.access import header
-from elevenlabs_agent.limits import MAX_JSON_DEPTH
+from elevenlabs_agent.limits import MAX_JSON_DEPTH, shallow_by_count
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.services import speech
 
@@ -77,8 +77,7 @@ def parse_json(body: bytes | bytearray) -> Any:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BodyError(400, "body is not valid JSON") from None
-    # Nesting is never deeper than the brackets in the text: only a body with more needs the walk.
-    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _too_deep(parsed, MAX_JSON_DEPTH):
+    if not shallow_by_count(body) and _too_deep(parsed, MAX_JSON_DEPTH):
         raise BodyError(400, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     return parsed
 

@@ -154,7 +154,7 @@ class CallbackBody(Model):
         for the parsed path (`parse`), which alone words errors. Only a body that path would accept
         with the same values is decoded here: at most MAX_JSON_DEPTH brackets in all (so nothing, not
         even an ignored member, is nested deeper), and no number the parsers read differently."""
-        if raw.count(b"{") + raw.count(b"[") > limits.MAX_JSON_DEPTH or _UNEVEN_NUMBER.search(raw):
+        if not limits.shallow_by_count(raw) or _UNEVEN_NUMBER.search(raw):
             return None
         try:
             return msgspec.json.decode(raw, type=cls)
