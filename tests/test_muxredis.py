@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from elevenlabs_agent.redis.mux import MuxRedis
 from elevenlabs_agent.redis.server import RedisServer
+from elevenlabs_agent.stores import lua
 
 
 @pytest.fixture
@@ -62,6 +63,11 @@ async def test_error_replies_raise_redis_py_exceptions(mux: MuxRedis) -> None:
     script = mux.register_script("return ARGV[1]")
     await mux.script_flush()
     assert await script(keys=["k"], args=["v"]) == "v"
+    # And so do the stores' own (a restarted Redis has none loaded).
+    own = lua.Script(mux, "return {KEYS[1], ARGV[1]}")
+    assert await own(["k"], ["v"]) == ["k", "v"]
+    await mux.script_flush()
+    assert await own(["k2"], ["v2"]) == ["k2", "v2"]
     assert await mux.get("still-usable") is None
 
 

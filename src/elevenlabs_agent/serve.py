@@ -17,6 +17,7 @@ import uvicorn
 
 from elevenlabs_agent import events
 from elevenlabs_agent.http.app import create_app, create_metrics_app
+from elevenlabs_agent.http.protocol import HttpProtocol
 from elevenlabs_agent.logging import get_logger
 from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.runtime import Runtime
@@ -200,7 +201,7 @@ def _config(app: object, settings: Settings, port: int, lifespan: str = "auto") 
         host=settings.host,
         port=port,
         loop="auto",
-        http="auto",
+        http=HttpProtocol,
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,

@@ -26,6 +26,7 @@ conversation on that message sees the change (services/live.py fans it out to We
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -35,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from elevenlabs_agent.redis.clients import is_cluster
+from elevenlabs_agent.stores import lua
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
 from elevenlabs_agent.stores.conversation_scripts import create_script, upsert_message_script
 from elevenlabs_agent.stores.keyspace import Pace, zscan_members
@@ -136,6 +138,13 @@ def score_ms(iso: str) -> int:
 
 def _announcement(conversation_id: str, reason: str) -> str:
     return orjson.dumps({"conversationId": conversation_id, "reason": reason}).decode()
+
+
+@functools.cache
+def announcement_around(reason: str) -> tuple[str, str]:
+    """`_announcement` in two parts around its conversationId, which the one-step scripts write in
+    (`lua.around`); made once per reason, as there are only a few."""
+    return lua.around({"conversationId": "", "reason": reason}, "conversationId")
 
 
 class ConversationStore:

@@ -71,7 +71,7 @@ class ResultRecorder:
         # One server only: the script names keys in other hash slots (the module docstring).
         self.available = not is_cluster(self.redis)
         self.outbox = outbox
-        self.script = self.redis.register_script(_COMPLETE_AND_RECORD)
+        self.script = lua.Script(self.redis, _COMPLETE_AND_RECORD)
 
     async def complete_and_record(
         self,
@@ -89,10 +89,10 @@ class ResultRecorder:
         into the outbox with the task's `conversationId` (likewise); subscribers learn it as `reason`."""
         args: list[Any] = [*completion, task_id, recorded_at]
         args += [*lua.around(message, "toolName", 2), *lua.around(event, "conversationId")]
-        args += [*lua.around({"conversationId": "", "reason": reason}, "conversationId")]
+        args += [*conversations.announcement_around(reason)]
         args += [conversations.score_ms(now), self.outbox.maxlen, self.outbox.ttl]
         args += [conversations.KEY_PREFIX, outbox.STREAM_PREFIX, outbox.PENDING_PREFIX, sessions.KEY_PREFIX]
-        reply = await self.script(keys=[tasks.key(task_id), *conversations.INDEX_KEYS], args=args)
+        reply = await self.script([tasks.key(task_id), *conversations.INDEX_KEYS], args)
         done = tasks.completion_of(reply)
         if done.outcome != "accepted":
             return Recorded(done)

@@ -74,7 +74,7 @@ class ToolCallRecorder:
         self.conversations = conversations
         # One server only: the script names keys in other hash slots (the module docstring).
         self.available = not is_cluster(self.redis)
-        self.script = self.redis.register_script(_RESOLVE_AND_RECORD)
+        self.script = lua.Script(self.redis, _RESOLVE_AND_RECORD)
 
     async def resolve_and_record(
         self,
@@ -92,10 +92,10 @@ class ToolCallRecorder:
         task_id, now = task.task_id, task.now
         args: list[Any] = [fallback or "", now, orjson.dumps(message).decode(), task_id]
         args += [self.conversations.max_messages, conversations.score_ms(now)]
-        args += [*lua.around({"conversationId": "", "reason": reason}, "conversationId")]
+        args += [*conversations.announcement_around(reason)]
         args += [conversations.KEY_PREFIX, sessions.KEY_PREFIX, *creation]
         keys = [tasks.key(task_id), *conversations.INDEX_KEYS, *(aliases.key(i) for i in external_ids)]
-        reply = await self.script(keys=keys, args=args)
+        reply = await self.script(keys, args)
         if not reply:
             return Recorded(None)
         return Recorded(reply[0], reply[1] == "1", "stored" if reply[2] else "full")
