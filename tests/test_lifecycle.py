@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from elevenlabs_agent import events, housekeeping
+from elevenlabs_agent import events, housekeeping, serve
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.redis.server import RedisServer
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
@@ -845,3 +846,14 @@ async def test_housekeeping_pushes_a_pending_result_again_without_a_new_registra
     await stack.housekeeping_passes(2)  # a confirmed result is not pushed again
     assert len(stack.elevenlabs.conversations[eleven_id].contextual_updates) == 1
     await voice.close()
+
+
+def test_serve_freezes_what_start_up_built_out_of_the_gc() -> None:
+    threshold = gc.get_threshold()
+    try:
+        serve._settle_gc()
+        assert gc.get_freeze_count() > 1000  # this test process's modules, at least
+        assert gc.get_threshold() == (serve.GC_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import signal
 import socket
@@ -27,6 +28,8 @@ from elevenlabs_agent.workers import Supervisor
 log = get_logger()
 # How long a drain waits for live-update sockets to send their close frames.
 WEBSOCKET_CLOSE_SECONDS = 2.0
+# Allocations (less deallocations) between young-generation collections; CPython's default is 700.
+GC_THRESHOLD = 10_000
 
 
 class DrainingServer(uvicorn.Server):
@@ -192,7 +195,18 @@ def _serve(
         supervisor_pid=supervisor_pid,
         companion=companion,
     )
+    _settle_gc()
     server.run(sockets)
+
+
+def _settle_gc() -> None:
+    """Keep the cyclic GC off the request tail. What start-up built (modules, the app, settings) is
+    frozen out of every later collection: under load a full collection walked all of it, 11 times in
+    15 s of callbacks, up to 71 ms each, about 4% of the CPU (issue 16). A larger first generation
+    also collects the short-lived request objects less often, in fewer, larger passes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _config(app: object, settings: Settings, port: int, lifespan: str = "auto") -> uvicorn.Config:
