@@ -14,6 +14,13 @@ Pub/Sub forgets what it could not deliver: whenever the subscription is (re)esta
 restarted, the connection dropped: the store yields RESUBSCRIBED), every conversation with local
 sockets is read again and sent as an update with reason `resync`, so nothing a socket missed stays
 missing.
+
+The subscription is held only while the instance has sockets, and IDLE_SECONDS after the last one
+closed: an instance without sockets would otherwise receive and parse every change of every
+conversation, about 3 % of its CPU on the webhook routes and a loop wake-up per tool call (py-spy,
+issue 16). A new socket waits for the subscription (at most SUBSCRIBE_WAIT_SECONDS) before it reads
+its snapshot, so the RESUBSCRIBED of a subscription it started resyncs only sockets that were
+there before.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ ERROR = "error"
 # A client slower than this many frames only needs the newest state: older frames are dropped.
 QUEUE_FRAMES = 8
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0)
+# How long the subscription outlives the instance's last socket (a reloading page reconnects in less).
+IDLE_SECONDS = 30.0
+# How long a new socket waits for the subscription before reading its snapshot anyway (a `resync`
+# follows once it is up).
+SUBSCRIBE_WAIT_SECONDS = 2.0
 
 
 def frame(kind: str, conversation_id: str, **fields: Any) -> str:
@@ -53,13 +65,14 @@ class Subscriber:
     """One socket's mailbox: frames to send, oldest first (None: close). A list and, only while the
     socket waits, a future: an idle socket holds no queue, task or buffer of its own here."""
 
-    __slots__ = ("_waiter", "closing", "conversation_id", "frames")
+    __slots__ = ("_waiter", "closing", "conversation_id", "frames", "snapshot_read")
 
     def __init__(self, conversation_id: str) -> None:
         self.conversation_id = conversation_id
         self.frames: list[str | None] = []
         self.closing = False
         self._waiter: asyncio.Future[None] | None = None
+        self.snapshot_read = False  # a re-subscription resyncs only sockets that read theirs before
 
     def offer(self, text: str | None) -> None:
         """Queue a frame. Never blocks the fan-out: a full mailbox loses its oldest frame, which the
@@ -89,8 +102,12 @@ class LiveUpdates:
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._dirty: dict[str, str] = {}  # conversation id -> reason of its latest unsent change
         self._reading: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the subscription, while there are sockets
+        self._idle: asyncio.TimerHandle | None = None  # ends the subscription once idle long enough
+        self._ending: set[asyncio.Task[None]] = set()  # subscriptions cancelled, still closing
+        self._started = False
         self._closing = False
+        self._up = asyncio.Event()  # set while the subscription is established
 
     @property
     def count(self) -> int:
@@ -99,15 +116,47 @@ class LiveUpdates:
     # lifetime ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen())
+        """From now on a socket's arrival subscribes (the app's startup)."""
+        self._started = True
 
     async def stop(self) -> None:
-        for task in [self._task, *self._reading.values()]:
+        self._started = False
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        for task in [self._task, *self._ending, *self._reading.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RedisError):
                     await task
         self._task = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether this instance holds (or is establishing) its subscription."""
+        return self._task is not None
+
+    def _listen_while_needed(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._task is None and self._started:
+            self._task = asyncio.create_task(self._listen())
+
+    def _end_when_idle(self) -> None:
+        if self._task is not None and self._idle is None and not self._subscribers:
+            self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._end_listening)
+
+    def _end_listening(self) -> None:
+        self._idle = None
+        if self._task is None or self._subscribers:
+            return
+        task, self._task = self._task, None
+        self._up.clear()
+        task.cancel()
+        # Held until it has closed its connection: the loop keeps only a weak reference to a task.
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def close_all(self, timeout: float) -> None:
         """Ask every socket to close (code 1001: browsers reconnect elsewhere) and wait, at most
@@ -129,10 +178,21 @@ class LiveUpdates:
         subscriber = Subscriber(conversation_id)
         self._subscribers.setdefault(conversation_id, set()).add(subscriber)
         metrics.WEBSOCKET_SUBSCRIBERS.inc()
+        self._listen_while_needed()
         if self._closing:
             subscriber.closing = True
             subscriber.offer(None)
         return subscriber
+
+    async def before_snapshot(self, subscriber: Subscriber) -> None:
+        """Wait (at most SUBSCRIBE_WAIT_SECONDS) until the subscription is up, then note that the
+        snapshot is read under it: a change after that read is announced to this socket, and only a
+        later re-subscription needs to resync it."""
+        if not self._up.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
+                    await self._up.wait()
+        subscriber.snapshot_read = True
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(subscriber.conversation_id)
@@ -142,6 +202,7 @@ class LiveUpdates:
         metrics.WEBSOCKET_SUBSCRIBERS.dec()
         if not subscribers:
             del self._subscribers[subscriber.conversation_id]
+            self._end_when_idle()
 
     # fan-out ----------------------------------------------------------------------------------------
 
@@ -157,15 +218,19 @@ class LiveUpdates:
                 raise
             except Exception as exc:  # whatever broke, this loop must outlive it and resubscribe
                 log.warning(events.LIVE_SUBSCRIPTION_LOST, error=type(exc).__name__, sockets=self.count)
+            self._up.clear()
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
 
     def _on_update(self, update: Change | Resubscribed) -> None:
         if not isinstance(update, Change):
-            # RESUBSCRIBED: anything published while we were not subscribed is lost, so every
-            # local conversation is re-read.
-            for conversation_id in list(self._subscribers):
-                self._changed(conversation_id, "resync")
+            # RESUBSCRIBED: anything published while we were not subscribed is lost, so every local
+            # conversation with a snapshot read before now is read again (a socket still waiting in
+            # `before_snapshot` reads its snapshot after this).
+            self._up.set()
+            for conversation_id, subscribers in list(self._subscribers.items()):
+                if any(s.snapshot_read for s in subscribers):
+                    self._changed(conversation_id, "resync")
             return
         if update.conversation_id in self._subscribers:
             self._changed(update.conversation_id, update.reason)

@@ -98,6 +98,7 @@ async def conversation_updates(websocket: WebSocket) -> None:
     structlog.contextvars.bind_contextvars(conversationId=conversation_id)
     subscriber = rt.live.subscribe(conversation_id)
     try:
+        await rt.live.before_snapshot(subscriber)
         try:
             conversation = await rt.conversations.get(conversation_id)
         except NotFound:
