@@ -36,7 +36,6 @@ _COMPLETE_AND_RECORD = (
     + lua.function("complete", tasks.COMPLETE)
     + lua.function("upsert", upsert_message_script(conversations.UPDATES_CHANNEL))
     + lua.function("publish", outbox.PUBLISH)
-    + lua.function("mark", lua.HSET_IF_EXISTS)
     + """
 local done = complete({KEYS[1]}, {unpack(ARGV, 1, 6)})
 if done[1] ~= 'accepted' then return done end
@@ -48,7 +47,8 @@ upsert({ARGV[18] .. id, KEYS[2], KEYS[3], KEYS[4]}, {ARGV[5], id, message, task_
 local tag = '{' .. id .. '}'
 local event = ARGV[11] .. '"conversationId":' .. quoted .. ARGV[12]
 publish({ARGV[19] .. tag, ARGV[20] .. tag}, {task_id, event, ARGV[16], ARGV[17]})
-mark({KEYS[1]}, {'recordedAt', ARGV[8]})
+-- The task was completed above in this same script: it exists (no need for HSET_IF_EXISTS's check).
+redis.call('HSET', KEYS[1], 'recordedAt', ARGV[8])
 local session = ARGV[21] .. id
 if redis.call('EXISTS', session) == 0 then return {done[1], done[2], done[3], done[4], done[5], '0', ''} end
 return {done[1], done[2], done[3], done[4], done[5], '1', redis.call('HGET', session, 'pushUrl') or ''}

@@ -33,16 +33,16 @@ STUCK_TASK_AGE = 3_600.0
 
 # The callback is the only writer of callbackAt, which makes it the idempotency marker: whatever
 # the dispatch outcome was, the first authenticated callback wins and every later one is a duplicate.
+# One HMGET reads all it needs (it was five commands: each call into Redis costs it about 1-2 µs).
 COMPLETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-if ARGV[2] ~= '1' and redis.call('HGET', KEYS[1], 'tokenHash') ~= ARGV[1] then return {'unauthorized'} end
-if redis.call('HEXISTS', KEYS[1], 'callbackAt') == 1 then
-  return {'duplicate', redis.call('HGET', KEYS[1], 'status')}
-end
+local t = redis.call('HMGET', KEYS[1], 'tokenHash', 'callbackAt', 'status', 'conversationId', 'toolName',
+  'toolArgs', 'prompt')
+if ARGV[2] ~= '1' and t[1] ~= ARGV[1] then return {'unauthorized'} end
+if t[2] then return {'duplicate', t[3]} end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'summary', ARGV[6],
   'completedAt', ARGV[5], 'callbackAt', ARGV[5], 'updatedAt', ARGV[5], 'delivery', 'pending')
-local t = redis.call('HMGET', KEYS[1], 'conversationId', 'toolName', 'toolArgs', 'prompt')
-return {'accepted', t[1] or '', t[2] or '', t[3] or '{}', t[4] or ''}
+return {'accepted', t[4] or '', t[5] or '', t[6] or '{}', t[7] or ''}
 """
 
 # A dispatch failure must not overwrite a result that a fast callback already stored.
