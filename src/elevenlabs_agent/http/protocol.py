@@ -3,7 +3,8 @@
 uvicorn writes a response's head and its body with two `transport.write` calls, and the transport
 sends each at once: two `send` syscalls and two TCP segments per answer, about a tenth of the
 service's CPU on the webhook routes (py-spy, issue 16). `OneWriteTransport` keeps what one
-event-loop step writes and hands it to the transport in one piece at the next step.
+event-loop step writes and hands it to the transport in one piece: when the response is complete, or
+at the next step (a streamed body, an error answer).
 
 Only HTTP uses it: a connection upgraded to a WebSocket gets the socket's own transport back, so
 the WebSocket protocol sees what it always saw.
@@ -76,6 +77,12 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        # The answer is whole: send it now rather than at the next loop step.
+        if isinstance(self.transport, OneWriteTransport):
+            self.transport.flush()
+        super().on_response_complete()
 
     def handle_websocket_upgrade(self) -> None:
         joined = self.transport
