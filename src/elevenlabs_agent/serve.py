@@ -202,8 +202,9 @@ def _serve(
 def _settle_gc() -> None:
     """Keep the cyclic GC off the request tail. What start-up built (modules, the app, settings) is
     frozen out of every later collection: under load a full collection walked all of it, 11 times in
-    15 s of callbacks, up to 71 ms each, about 4% of the CPU (issue 16). A larger first generation
-    also collects the short-lived request objects less often, in fewer, larger passes."""
+    15 s of callbacks, up to 71 ms each, 563 ms in all (issue 16). A larger first generation also
+    collects the short-lived request objects less often: 1,409 young collections took 369 ms, now
+    188 take 24 ms."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
