@@ -171,6 +171,11 @@ class CallbackBody(Model):
         return not self.success or self.exitCode not in (None, 0, UNSET)
 
     @property
+    def task_status(self) -> str:
+        """The status the task takes from this callback."""
+        return "failed" if self.failed else "completed"
+
+    @property
     def result(self) -> dict[str, Any]:
         """The fields worth keeping, as sent (null included, absent left out)."""
         return {k: v for k in RESULT_FIELDS if (v := getattr(self, k)) is not UNSET}

@@ -160,13 +160,12 @@ class CallbackService:
         the task accepted it, record it in the conversation and its outbox: one round trip on one
         server, `record` after the completion on a cluster. Returns the completion and what starts
         the result's delivery (only for an accepted one). Live and replayed callbacks alike."""
-        task_id = callback.request_id
-        status = "failed" if callback.failed else "completed"
+        task_id, status = callback.request_id, callback.task_status
         summary = speech.result_summary(callback.failed, callback.result)
         args = completion_args(token_hash, shared_ok, status, callback.result, summary, at)
-        # conversationId, toolName and toolArgs are the task's: the one-step script writes them in.
-        outcome = Outcome(task_id, "", "", {}, status, summary, callback.result, at)
         if self.recorder.available:
+            # conversationId, toolName and toolArgs are the task's: the one-step script writes them in.
+            outcome = Outcome(task_id, "", "", {}, status, summary, callback.result, at)
             message, event = _message(outcome), _event(outcome)
             recorded = await self.recorder.complete_and_record(
                 task_id, args, message=message, event=event, reason=REASON, now=at, recorded_at=now_iso()
@@ -201,7 +200,7 @@ class CallbackService:
             metrics.CALLBACKS.labels("duplicate").inc()
             return {"success": True, "requestId": task_id, "duplicate": True, "status": done.previous_status}
 
-        status = "failed" if callback.failed else "completed"
+        status = callback.task_status
         if callback.failed:
             log.info(
                 events.CALLBACK_TASK_FAILED,

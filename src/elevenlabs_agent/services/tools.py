@@ -48,13 +48,16 @@ def _external_ids(call: ToolCall) -> list[str]:
     return [i for i in (call.conversation_id, call.session_id) if i]
 
 
-def _mapped(call: ToolCall, found: str | None, aliased: bool) -> str:
-    """The conversation a code task goes to (`found`: by alias when `aliased`, else the webhook's own)."""
-    if found is None:
-        raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
+def _note_unmapped(call: ToolCall, aliased: bool) -> None:
     if not aliased and call.conversation_id:
         log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
-    return found
+
+
+def _required(conversation_id: str | None) -> str:
+    """The conversation a code task goes to; a code task needs one."""
+    if conversation_id is None:
+        raise InvalidInput("conversation_id is required for code tools (map it from system__conversation_id)")
+    return conversation_id
 
 
 class ToolService:
@@ -83,8 +86,7 @@ class ToolService:
     async def resolve_conversation(self, call: ToolCall) -> str | None:
         """Our conversation id for the ids the webhook carries (ElevenLabs sends its own)."""
         found = await self.aliases.resolve(_external_ids(call))
-        if found is None and call.conversation_id:
-            log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
+        _note_unmapped(call, found is not None)
         return found or call.conversation_id
 
     async def start_code_task(self, call: ToolCall) -> dict[str, Any]:
@@ -139,10 +141,10 @@ class ToolService:
             recorded = await self.recorder.resolve_and_record(
                 _external_ids(call), call.conversation_id, task, message=message, reason=REASON
             )
-            conversation_id, written = _mapped(call, recorded.conversation_id, recorded.aliased), recorded.written
+            _note_unmapped(call, recorded.aliased)
+            conversation_id, written = _required(recorded.conversation_id), recorded.written
         else:
-            found = await self.aliases.resolve(_external_ids(call))
-            conversation_id = _mapped(call, found or call.conversation_id, found is not None)
+            conversation_id = _required(await self.resolve_conversation(call))
             written = await self._create(replace(task, conversation_id=conversation_id), message)
         if written == "full":
             await self.tasks.fail_dispatch(task_id, "conversation is full", now_iso())
