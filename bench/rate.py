@@ -52,6 +52,27 @@ def request_of(route: str, i: int) -> tuple[str, int]:
     return ("tool" if slot % 2 == 0 else "callback"), cycle * 9 + slot // 2
 
 
+async def send_request(
+    conn: Conn, run: str, route: str, i: int, headers: tuple[dict[str, str], dict[str, str]]
+) -> tuple[str, int, bytes, bytes]:
+    """Send request i of a run (`headers`: the tool webhook's, the callback's); its kind, status, reply
+    and what the reply must contain to count as served."""
+    kind, n = request_of(route, i)
+    if kind == "health":
+        status, reply = await conn.request("GET", "/health")
+        return kind, status, reply, b'"redis":"connected"'
+    if kind == "tool":
+        conversation = f"{run}-conv-{n % CONVERSATIONS}"
+        if route == "agent-tools":  # a new conversation per call, as wrk's agent-tools scenario
+            conversation = f"{run}-new-{n}"
+        body = {"tool_name": "code_task", "tool_args": {"prompt": "Add a health check"}}
+        body |= {"agent_id": "agent_bench", "session_id": "s-bench", "conversation_id": conversation}
+        status, reply = await conn.request("POST", "/agent-tools", body, headers[0])
+        return kind, status, reply, b'"success":true'
+    status, reply = await conn.request("POST", "/callback", callback_body(callback_task(run, n)), headers[1])
+    return kind, status, reply, b'"status":"completed"'  # not an unknown task, not a duplicate
+
+
 class Stats:
     def __init__(self) -> None:
         self.latencies: list[float] = []
@@ -68,30 +89,18 @@ class Stats:
 
 
 async def run(args: argparse.Namespace) -> None:
-    tools_headers = {"X-Webhook-Secret": os.environ.get("BENCH_WEBHOOK_SECRET", "")}
-    callback_headers = {"X-Cursor-Runner-Secret": os.environ.get("BENCH_TASK_SECRET", "")}
+    headers = (
+        {"X-Webhook-Secret": os.environ.get("BENCH_WEBHOOK_SECRET", "")},
+        {"X-Cursor-Runner-Secret": os.environ.get("BENCH_TASK_SECRET", "")},
+    )
     pool = conn_pool(args.target, args.connections)
     interval, total = Stats(), Stats()
     error_kinds: Counter[str] = Counter()  # what failed, for the TOTAL line
 
     async def send(conn: Conn, i: int, due: float) -> None:
-        kind, n = request_of(args.route, i)
+        kind = request_of(args.route, i)[0]
         try:
-            if kind == "health":
-                status, reply = await conn.request("GET", "/health")
-                expected = b'"redis":"connected"'
-            elif kind == "tool":
-                conversation = f"{args.run}-conv-{n % CONVERSATIONS}"
-                if args.route == "agent-tools":  # a new conversation per call, as wrk's agent-tools scenario
-                    conversation = f"{args.run}-new-{n}"
-                body = {"tool_name": "code_task", "tool_args": {"prompt": "Add a health check"}}
-                body |= {"agent_id": "agent_bench", "session_id": "s-bench", "conversation_id": conversation}
-                status, reply = await conn.request("POST", "/agent-tools", body, tools_headers)
-                expected = b'"success":true'
-            else:
-                task = callback_task(args.run, n)
-                status, reply = await conn.request("POST", "/callback", callback_body(task), callback_headers)
-                expected = b'"status":"completed"'  # not an unknown task, not a duplicate
+            kind, status, reply, expected = await send_request(conn, args.run, args.route, i, headers)
             error = None if status == 200 and expected in reply else f"{kind} {status}: {reply[:80]!r}"
         except ERRORS as e:
             error = f"{kind}: {type(e).__name__}"

@@ -48,9 +48,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, pipe_into_redis, resp, write_results  # noqa: E402
-from fanout import callback_body  # noqa: E402
 from httpc import ERRORS, Conn, conn_pool, cpu_percent, install_uvloop, open_loop, percentiles  # noqa: E402
-from rate import CONVERSATIONS, callback_count, callback_task  # noqa: E402
+from rate import CONVERSATIONS, callback_count, callback_task, send_request  # noqa: E402
 from stack import TASK_SECRET, WEBHOOK_SECRET, free_port, service_env, uvicorn_app, wait_http  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -159,28 +158,14 @@ def seed(port: int, args: argparse.Namespace, run: str, load_tasks: int) -> dict
 
 async def load_client(args: argparse.Namespace) -> dict[str, Any]:
     """rate.py's mix at a fixed rate; every request's (scheduled wall time, latency, ok) to --out."""
-    tools_headers = {"X-Webhook-Secret": WEBHOOK_SECRET}
-    callback_headers = {"X-Cursor-Runner-Secret": TASK_SECRET}
+    headers = ({"X-Webhook-Secret": WEBHOOK_SECRET}, {"X-Cursor-Runner-Secret": TASK_SECRET})
     pool = conn_pool(args.target, args.connections)
     records: list[tuple[float, float, bool]] = []
     wall0 = time.time() - time.monotonic()
 
     async def send(conn: Conn, i: int, due: float) -> None:
-        slot, cycle = i % 20, i // 20
         try:
-            if slot >= 18:
-                status, reply = await conn.request("GET", "/health")
-                expected = b'"redis":"connected"'
-            elif slot % 2 == 0:
-                conversation = f"{args.run}-conv-{(cycle * 9 + slot // 2) % CONVERSATIONS}"
-                body = {"tool_name": "code_task", "tool_args": {"prompt": "Add a health check"}}
-                body |= {"agent_id": "agent_bench", "session_id": "s-bench", "conversation_id": conversation}
-                status, reply = await conn.request("POST", "/agent-tools", body, tools_headers)
-                expected = b'"success":true'
-            else:
-                task = callback_task(args.run, cycle * 9 + slot // 2)
-                status, reply = await conn.request("POST", "/callback", callback_body(task), callback_headers)
-                expected = b'"status":"completed"'
+            _, status, reply, expected = await send_request(conn, args.run, "mixed", i, headers)
             ok = status == 200 and expected in reply
         except ERRORS:
             ok = False
