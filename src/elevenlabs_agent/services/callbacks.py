@@ -160,12 +160,12 @@ class CallbackService:
         the task accepted it, record it in the conversation and its outbox: one round trip on one
         server, `record` after the completion on a cluster. Returns the completion and what starts
         the result's delivery (only for an accepted one). Live and replayed callbacks alike."""
-        task_id, status = callback.request_id, callback.task_status
-        summary = speech.result_summary(callback.failed, callback.result)
-        args = completion_args(token_hash, shared_ok, status, callback.result, summary, at)
+        task_id, status, result = callback.request_id, callback.task_status, callback.result
+        summary = speech.result_summary(callback.failed, result)
+        args = completion_args(token_hash, shared_ok, status, result, summary, at)
         if self.recorder.available:
             # conversationId, toolName and toolArgs are the task's: the one-step script writes them in.
-            outcome = Outcome(task_id, "", "", {}, status, summary, callback.result, at)
+            outcome = Outcome(task_id, "", "", {}, status, summary, result, at)
             message, event = _message(outcome), _event(outcome)
             recorded = await self.recorder.complete_and_record(
                 task_id, args, message=message, event=event, reason=REASON, now=at, recorded_at=now_iso()
@@ -177,13 +177,13 @@ class CallbackService:
             token_hash=token_hash,
             shared_secret_ok=shared_ok,
             status=status,
-            result=callback.result,
+            result=result,
             summary=summary,
             now=at,
         )
         if done.outcome == "accepted":
             task = (done.conversation_id, done.tool_name, done.tool_args)
-            await self.record(Outcome(task_id, *task, status, summary, callback.result, at))
+            await self.record(Outcome(task_id, *task, status, summary, result, at))
         return done, lambda: self.delivery.spawn(self.delivery.deliver(done.conversation_id, task_id))
 
     async def _store(self, callback: CallbackBody, token_hash: str, shared_ok: bool, now: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ class CallbackService:
                 exitCode=callback.result.get("exitCode"),
             )
         log.info(events.CALLBACK_ACCEPTED, taskId=task_id, conversationId=done.conversation_id, status=status)
-        metrics.CALLBACKS.labels("failed_task" if callback.failed else "accepted").inc()
+        metrics.labelled(metrics.CALLBACKS, "failed_task" if callback.failed else "accepted").inc()
         deliver()
         return {"success": True, "requestId": task_id, "status": status}
 

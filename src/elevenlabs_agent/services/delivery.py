@@ -101,10 +101,10 @@ class DeliveryService:
         """The URL to push a new result to; None when the session is missing or reads the relay."""
         if push_url is None:
             log.info(events.SESSION_MISSING, conversationId=conversation_id, taskId=task_id)
-            metrics.DELIVERIES.labels("none", "waiting").inc()
+            metrics.labelled(metrics.DELIVERIES, "none", "waiting").inc()
             return None
         if not push_url:
-            metrics.DELIVERIES.labels("relay", "published").inc()
+            metrics.labelled(metrics.DELIVERIES, "relay", "published").inc()
             return None
         return push_url
 

@@ -105,10 +105,10 @@ class ToolService:
         started = time.perf_counter()
         result = await self.cursor_runner.execute_async(payload)
         metrics.DISPATCH_DURATION.observe(time.perf_counter() - started)
-        metrics.DISPATCHES.labels(result.reason).inc()
+        metrics.labelled(metrics.DISPATCHES, result.reason).inc()
         if result.ok:
             log.info(events.DISPATCH_SUCCEEDED, taskId=task_id, conversationId=conversation_id)
-            metrics.WEBHOOKS.labels("task_started").inc()
+            metrics.labelled(metrics.WEBHOOKS, "task_started").inc()
             return _answer(task_id, "started", speech.TASK_STARTED)
         log.warning(
             events.DISPATCH_FAILED,

@@ -40,7 +40,7 @@ from elevenlabs_agent.stores import lua
 from elevenlabs_agent.stores.batch import Batch, Queue, Reply
 from elevenlabs_agent.stores.conversation_scripts import create_script, upsert_message_script
 from elevenlabs_agent.stores.keyspace import Pace, zscan_members
-from elevenlabs_agent.timeutil import parse_iso
+from elevenlabs_agent.timeutil import ms_of
 
 KEY_PREFIX = "elevenlabs:conversation:"
 SCAN_PATTERN = KEY_PREFIX + "*"
@@ -133,7 +133,7 @@ class Conversation:
 
 def score_ms(iso: str) -> int:
     """A listing-index score: the time in ms."""
-    return int(parse_iso(iso).timestamp() * 1000)
+    return ms_of(iso)
 
 
 def _announcement(conversation_id: str, reason: str) -> str:
