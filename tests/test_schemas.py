@@ -121,7 +121,7 @@ def test_the_document_has_json_schema_patterns_only() -> None:
     assert schemas["CallbackBody"]["properties"]["requestId"]["pattern"] == limits.ID_PATTERN
 
 
-NUMBER_TEXT = st.binary(max_size=60) | st.text(alphabet="0123456789eE+-.x\"", max_size=60).map(str.encode)
+NUMBER_TEXT = st.binary(max_size=60) | st.text(alphabet='0123456789eE+-.x"', max_size=60).map(str.encode)
 
 
 @given(NUMBER_TEXT)

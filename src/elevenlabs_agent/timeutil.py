@@ -10,11 +10,18 @@ _MS = timedelta(milliseconds=1)
 _last: tuple[int, str] = (-1, "")
 
 
+# The stamp's text up to the seconds, for the last second seen: a new millisecond only adds digits.
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    global _last
+    global _last, _second
     ms = time.time_ns() // 1_000_000
     if ms != _last[0]:
-        _last = (ms, (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        second, milli = divmod(ms, 1000)
+        if second != _second[0]:
+            _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _last = (ms, f"{_second[1]}.{milli:03d}Z")
     return _last[1]
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -48,6 +49,14 @@ def _external_ids(call: ToolCall) -> list[str]:
     return [i for i in (call.conversation_id, call.session_id) if i]
 
 
+def _new_task_id_and_token() -> tuple[str, str]:
+    """A uuid4 task id and a 256-bit callback token (as `secrets.token_urlsafe(32)` makes it) from one
+    system call: each os.urandom is one, on the tool call's critical path."""
+    random = os.urandom(48)
+    token = base64.urlsafe_b64encode(random[16:]).rstrip(b"=").decode()
+    return str(uuid.UUID(bytes=random[:16], version=4)), token
+
+
 def _note_unmapped(call: ToolCall, aliased: bool) -> None:
     if not aliased and call.conversation_id:
         log.info(events.WEBHOOK_CONVERSATION_UNMAPPED, conversationId=call.conversation_id)
@@ -91,8 +100,7 @@ class ToolService:
 
     async def start_code_task(self, call: ToolCall) -> dict[str, Any]:
         prompt = call.prompt()
-        task_id = str(uuid.uuid4())
-        token = secrets.token_urlsafe(32)
+        task_id, token = _new_task_id_and_token()
         conversation_id, message = await self._record_task(call, task_id, prompt, token)
         payload: dict[str, Any] = {
             "id": task_id,
