@@ -82,7 +82,16 @@ def test_workers_share_the_port_and_metrics_add_up(processes: ServeProcesses) ->
     ) as client:
         for _ in range(60):
             assert client.get("/config").status_code == 200
-        text = client.get("/metrics").text
+
+        # A request is counted just after its answer is sent: the other worker may serve /metrics
+        # before the last one is.
+        def counted() -> float:
+            nonlocal text
+            text = client.get("/metrics").text
+            return value(text, "elevenlabs_agent_http_requests_total", route="/config", method="GET", status="200")
+
+        text = ""
+        wait_for(lambda: counted() >= 60, timeout=5)
     assert value(text, "elevenlabs_agent_http_requests_total", route="/config", method="GET", status="200") == 60
     check = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
