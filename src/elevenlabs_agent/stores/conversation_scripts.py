@@ -58,19 +58,16 @@ def upsert_message_script(channel: str) -> str:
     return (
         _index_and_announce(channel)
         + """
-local created = false
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[6] ~= '1' then return false end
-  redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 0)
-  created = true
-end
+local created = redis.call('EXISTS', KEYS[1]) == 0
+if created and ARGV[6] ~= '1' then return false end
+-- A conversation created here holds only what this call writes: no appends, no task link, seq 0.
 local appends = nil
 if ARGV[9] ~= '' then
-  appends = redis.call('HGET', KEYS[1], 'appends') or ''
+  appends = created and '' or (redis.call('HGET', KEYS[1], 'appends') or '')
   local at = string.find(appends, ARGV[9] .. '=', 1, true)
   if at then return string.match(appends, '=(%S+)', at) end
 end
-if ARGV[4] ~= '' then
+if ARGV[4] ~= '' and not created then
   local existing = redis.call('HGET', KEYS[1], 'task:' .. ARGV[4])
   if existing then
     redis.call('HSET', KEYS[1], existing, ARGV[3], 'lastAccessedAt', ARGV[1])
@@ -79,19 +76,21 @@ if ARGV[4] ~= '' then
   end
 end
 local max = tonumber(ARGV[5])
-if max > 0 and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= max then return '' end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if not created and max > 0 and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= max then return '' end
+local seq = created and 1 or redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local field = string.format('msg:%06d', seq)
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], field, ARGV[3], 'lastAccessedAt', ARGV[1], 'task:' .. ARGV[4], field)
-else
-  redis.call('HSET', KEYS[1], field, ARGV[3], 'lastAccessedAt', ARGV[1])
-end
+local fields = {field, ARGV[3], 'lastAccessedAt', ARGV[1]}
+if ARGV[4] ~= '' then fields[5], fields[6] = 'task:' .. ARGV[4], field end
 if appends then
   -- "<id>=<field> ", newest first; the newest ~50 are kept (a resend follows its first copy at once).
   appends = ARGV[9] .. '=' .. field .. ' ' .. appends
   if #appends > 4096 then appends = string.sub(appends, 1, string.find(appends, ' ', 2048, true)) end
-  redis.call('HSET', KEYS[1], 'appends', appends)
+  fields[#fields + 1], fields[#fields + 2] = 'appends', appends
+end
+if created then
+  redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 1, unpack(fields))
+else
+  redis.call('HSET', KEYS[1], unpack(fields))
 end
 index_and_announce(ARGV[7], created, ARGV[8], seq)
 return field
