@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from elevenlabs_agent import events, housekeeping, serve
 from elevenlabs_agent import logging as agent_logging
 from elevenlabs_agent.redis.server import RedisServer
+from elevenlabs_agent.settings import Settings
 from elevenlabs_agent.sim.cursor_runner import FakeCursorRunner
 from elevenlabs_agent.sim.server import LocalServer
 from elevenlabs_agent.stores.tasks import TaskStore
@@ -857,3 +858,9 @@ def test_serve_freezes_what_start_up_built_out_of_the_gc() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_answers_do_not_name_the_server_software() -> None:
+    # uvicorn would add "server: uvicorn" to every answer (and check that header on each one).
+    config = serve._config(object(), Settings(), 8000)
+    assert config.server_header is False
