@@ -88,7 +88,8 @@ if appends then
   fields[#fields + 1], fields[#fields + 2] = 'appends', appends
 end
 if created then
-  redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 1, unpack(fields))
+  redis.call('HSET', KEYS[1], 'conversationId', ARGV[2], 'createdAt', ARGV[1], 'metadata', '{}', 'seq', 1,
+    unpack(fields))
 else
   redis.call('HSET', KEYS[1], unpack(fields))
 end
