@@ -8,8 +8,6 @@ _MS = timedelta(milliseconds=1)
 # The last stamp made and its millisecond: a request asks for "now" several times within one, and
 # formatting a datetime costs more than the rest of that step.
 _last: tuple[int, str] = (-1, "")
-
-
 # The stamp's text up to the seconds, for the last second seen: a new millisecond only adds digits.
 _second: tuple[int, str] = (-1, "")
 

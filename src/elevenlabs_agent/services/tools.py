@@ -52,9 +52,9 @@ def _external_ids(call: ToolCall) -> list[str]:
 def _new_task_id_and_token() -> tuple[str, str]:
     """A uuid4 task id and a 256-bit callback token (as `secrets.token_urlsafe(32)` makes it) from one
     system call: each os.urandom is one, on the tool call's critical path."""
-    random = os.urandom(48)
-    token = base64.urlsafe_b64encode(random[16:]).rstrip(b"=").decode()
-    return str(uuid.UUID(bytes=random[:16], version=4)), token
+    drawn = os.urandom(48)
+    token = base64.urlsafe_b64encode(drawn[16:]).rstrip(b"=").decode()
+    return str(uuid.UUID(bytes=drawn[:16], version=4)), token
 
 
 def _note_unmapped(call: ToolCall, aliased: bool) -> None:
