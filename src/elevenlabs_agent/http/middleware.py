@@ -20,6 +20,9 @@ from elevenlabs_agent.limits import MAX_HEADER_VALUE_LENGTH
 from elevenlabs_agent.logging import get_logger
 
 log = get_logger()
+# Its own generator (seeded from the OS; workers are started by exec, each seeds its own): the random
+# module's shared one is state that others (tests' hypothesis) watch and reseed.
+_REQUEST_IDS = random.Random()
 
 # Operational routes keep working when the feature flag is off, and so does the relay module: a page
 # that imports it must still load (its relay then waits, retrying, for the service to be enabled).
@@ -199,7 +202,7 @@ def _edge_headers(scope: Scope) -> tuple[str, str | None]:
             origin, seen_origin = _printable(value), True
     # 128 random bits as 32 hex digits. A request id only correlates log lines, so it needs no secure
     # randomness: os.urandom's system call was 6% of a callback's CPU outside the server (py-spy).
-    return request_id or f"{random.getrandbits(128):032x}", origin
+    return request_id or f"{_REQUEST_IDS.getrandbits(128):032x}", origin
 
 
 def _bind_request_id(request_id: str) -> None:
