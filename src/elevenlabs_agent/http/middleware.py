@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -65,7 +64,6 @@ class EdgeMiddleware:
         self.access_log = access_log
         self.browser_auth = browser_auth
         self.allowed_origins = frozenset(allowed_origins)
-        self.series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -109,19 +107,11 @@ class EdgeMiddleware:
             structlog.contextvars.clear_contextvars()
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        """RED metrics (the labelled series cached: `labels()` costs more than the increment) and the
-        access log line."""
+        """RED metrics and the access log line."""
         route = scope.get("route")
         template = route.path if isinstance(route, Route) else "unmatched"
-        key = (template, scope["method"], status)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = (
-                metrics.HTTP_REQUESTS.labels(template, scope["method"], str(status)),
-                metrics.HTTP_REQUEST_DURATION.labels(template),
-            )
-        series[0].inc()
-        series[1].observe(elapsed)
+        metrics.labelled(metrics.HTTP_REQUESTS, template, scope["method"], str(status)).inc()
+        metrics.labelled(metrics.HTTP_REQUEST_DURATION, template).observe(elapsed)
         if self.access_log:
             log.info(
                 events.HTTP_REQUEST,
@@ -166,7 +156,7 @@ class EdgeMiddleware:
         finally:
             route = scope.get("route")
             template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else "unmatched"
-            metrics.HTTP_REQUESTS.labels(template, "GET", str(status)).inc()
+            metrics.labelled(metrics.HTTP_REQUESTS, template, "GET", str(status)).inc()
             structlog.contextvars.clear_contextvars()
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
